@@ -1,0 +1,146 @@
+"""Typed task events: the contract every transport, store and consumer shares.
+
+Each event is immutable, carries a unique id (the dedup key everywhere: the SQL
+unique key, JetStream's ``Nats-Msg-Id``, the webhook id) and the attempt number
+it belongs to, which the projection uses as a fencing token. The JSON form is
+stable: ``event.to_json()`` and ``parse_event()`` round-trip it, and
+``schema_version`` lets a reader refuse what it does not understand.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SCHEMA_VERSION = 1
+
+DoneStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class FileRef(BaseModel):
+    """A file that belongs to a task: where it lies relative to the task folder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: str
+    size: int = Field(ge=0)
+    media_type: str = "application/octet-stream"
+    input: str | None = None
+
+
+class EventBase(BaseModel):
+    """The envelope every event shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: uuid.UUID = Field(default_factory=new_id)
+    task_id: uuid.UUID
+    flow: str
+    owner: str = "admin"
+    attempt: int = Field(default=0, ge=0)
+    at: datetime = Field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > SCHEMA_VERSION:
+            raise ValueError(f"event schema version {value} is newer than {SCHEMA_VERSION}")
+        return value
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+class TaskCreated(EventBase):
+    type: Literal["task.created"] = "task.created"
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: tuple[FileRef, ...] = ()
+    priority: int = 0
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class TaskClaimed(EventBase):
+    type: Literal["task.claimed"] = "task.claimed"
+    worker_id: str
+    lease_expires_at: datetime
+
+
+class TaskProgress(EventBase):
+    type: Literal["task.progress"] = "task.progress"
+    progress: float = Field(ge=0.0, le=1.0)
+    message: str = ""
+
+
+class TaskCancelRequested(EventBase):
+    """Asks the worker that runs the task to stop; persisted so a missed signal is not lost."""
+
+    type: Literal["task.cancel_requested"] = "task.cancel_requested"
+
+
+class TaskRequeued(EventBase):
+    """A running attempt ended without a result (lease expired, worker stopped): wait again."""
+
+    type: Literal["task.requeued"] = "task.requeued"
+    reason: str
+
+
+class TaskDone(EventBase):
+    type: Literal["task.done"] = "task.done"
+    status: DoneStatus
+    outputs: tuple[FileRef, ...] = ()
+    error: str | None = None
+
+
+Event = Annotated[
+    TaskCreated | TaskClaimed | TaskProgress | TaskCancelRequested | TaskRequeued | TaskDone,
+    Field(discriminator="type"),
+]
+EVENT_TYPES: tuple[str, ...] = (
+    "task.created",
+    "task.claimed",
+    "task.progress",
+    "task.cancel_requested",
+    "task.requeued",
+    "task.done",
+)
+
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes | dict[str, Any]) -> Event:
+    """Decode an event from its JSON form (or an already-decoded dict)."""
+    if isinstance(data, dict):
+        return _adapter.validate_python(data)
+    return _adapter.validate_json(data)
+
+
+def subject_for(event: EventBase, prefix: str = "flowyard") -> str:
+    """The bus subject of an event: ``<prefix>.events.<type>.<owner>.<flow>``.
+
+    Type and flow are tokens of their own so that subscribers can filter on either.
+    """
+    kind = event.model_dump(include={"type"})["type"].split(".", 1)[1]
+    return f"{prefix}.events.{kind}.{token(event.owner)}.{token(event.flow)}"
+
+
+def token(value: str) -> str:
+    """A subject token: dots, spaces and wildcards would split or widen the subject."""
+    return value.replace(".", "_").replace(" ", "_").replace("*", "_").replace(">", "_")

@@ -1,0 +1,130 @@
+"""Settings: defaults < YAML file < ``FLOWYARD_*`` environment < command-line flags.
+
+Only the model and pure helpers live here; reading the YAML file is done by
+``services/config.py``. ``docs/configuration.md`` lists every field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+Mode = Literal["default", "server"]
+
+DATABASE_SCHEMES: dict[str, str] = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "mysql": "mysql+asyncmy",
+    "mysql+asyncmy": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
+    "mariadb+asyncmy": "mysql+asyncmy",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWYARD_", extra="forbid")
+
+    mode: Mode = "default"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8288, ge=0, le=65535)
+    data_dir: Path = Path("flowyard-data")
+    database_uri: str | None = None
+    files_dir: Path | None = None
+    workers: int = Field(default=2, ge=0, description="in-process worker slots (default mode)")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    progress_interval: float = Field(default=0.2, ge=0)
+    poll_interval: float = Field(default=2.0, gt=0, description="longest idle poll (no NOTIFY)")
+    worker_offline_seconds: float = Field(default=60.0, gt=0)
+    nats_url: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    public_url: str | None = None
+    default_owner: str = "admin"
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Settings:
+        if self.database_uri is not None:
+            self.database_uri = normalise_database_uri(self.database_uri)
+        return self
+
+    @property
+    def db_uri(self) -> str:
+        """The database URI in force: the configured one, or SQLite in the data folder."""
+        if self.database_uri:
+            return self.database_uri
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'flowyard.db').resolve()}"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.data_dir / "files"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Leases are renewed three times per lease: one missed beat does not lose a task."""
+        return self.lease_seconds / 3
+
+    def check_mode(self) -> None:
+        """Server mode needs a real database: SQLite has one writer and no row locks."""
+        if self.mode == "server" and self.db_uri.startswith("sqlite"):
+            raise ConfigError(
+                "server mode needs PostgreSQL or MariaDB, not SQLite (workers in other "
+                "processes need row locks): pass --db postgresql://… or --db mysql://…, "
+                "or drop --mode server to run everything in one process on SQLite"
+            )
+
+
+def normalise_database_uri(uri: str) -> str:
+    """Map a user's URI to the async driver we use; refuse unknown schemes by listing ours."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        raise ConfigError(f"database URI {uri!r} has no scheme; use one of: {_schemes()}")
+    driver = DATABASE_SCHEMES.get(scheme.lower())
+    if driver is None:
+        raise ConfigError(f"unsupported database scheme {scheme!r}; use one of: {_schemes()}")
+    return f"{driver}://{rest}"
+
+
+def _schemes() -> str:
+    return ", ".join(f"{s}://" for s in ("sqlite", "postgresql", "mysql", "mariadb"))
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}``; an unset name without default is an error."""
+    values = os.environ if env is None else env
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in values:
+            return values[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"configuration refers to ${{{name}}}, which is not set")
+
+    return _ENV_REF.sub(substitute, text)
+
+
+def file_source(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys of a YAML file as settings fields (dashes allowed, unknown keys refused)."""
+    fields = Settings.model_fields
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise ConfigError(f"unknown setting {key!r} in the configuration file")
+        out[name] = value
+    return out

@@ -1,0 +1,233 @@
+"""The task projection and its state machine, as pure functions.
+
+A task row is a fold of its events: ``apply(None, created)`` starts it and each
+later event moves it on. ``apply`` is idempotent (an event already reflected in
+the task returns the task unchanged) and refuses what the state machine forbids:
+
+    queued ──claimed──▶ running ──done──▶ succeeded | failed | cancelled
+      ▲                   │
+      └────requeued───────┘            queued ──done(cancelled | failed)──▶ finished
+
+Attempts count claims: the n-th claim runs attempt n. ``claimed``, ``progress``,
+``cancel_requested``, ``requeued`` and ``done`` must carry the current attempt
+(a fencing token), so a worker that lost its lease cannot overwrite the attempt
+that replaced it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import IllegalTransition, StaleAttempt, TaskFinished
+from core.events import (
+    Event,
+    FileRef,
+    TaskCancelRequested,
+    TaskClaimed,
+    TaskCreated,
+    TaskDone,
+    TaskProgress,
+    TaskRequeued,
+)
+
+
+class TaskState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled})
+
+
+class Task(BaseModel):
+    """The current state of one task, as rebuilt from its events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    flow: str
+    owner: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: tuple[FileRef, ...] = ()
+    priority: int = 0
+    state: TaskState = TaskState.queued
+    attempt: int = 0
+    max_attempts: int = 3
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    progress: float = 0.0
+    message: str = ""
+    error: str | None = None
+    outputs: tuple[FileRef, ...] = ()
+    created_at: datetime
+    claimed_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    updated_at: datetime
+
+
+def apply(task: Task | None, event: Event) -> Task:
+    """Return the task after ``event``; raise ``IllegalTransition`` or ``StaleAttempt``."""
+    if isinstance(event, TaskCreated):
+        if task is not None:
+            return task
+        return Task(
+            id=event.task_id,
+            flow=event.flow,
+            owner=event.owner,
+            params=event.params,
+            inputs=event.inputs,
+            priority=event.priority,
+            max_attempts=event.max_attempts,
+            created_at=event.at,
+            updated_at=event.at,
+        )
+    if task is None:
+        raise IllegalTransition(f"{event.type} for task {event.task_id} that was never created")
+    if isinstance(event, TaskClaimed):
+        return _claimed(task, event)
+    if isinstance(event, TaskDone):
+        return _done(task, event)
+    _check_attempt(task, event)
+    if isinstance(event, TaskProgress):
+        if task.state is not TaskState.running:
+            raise IllegalTransition(f"progress for a task that is {task.state}")
+        if event.progress == task.progress and event.message == task.message:
+            return task
+        return task.model_copy(
+            update={"progress": event.progress, "message": event.message, "updated_at": event.at}
+        )
+    if isinstance(event, TaskCancelRequested):
+        if task.state.finished:
+            raise TaskFinished(f"task {task.id} already {task.state}")
+        if task.cancel_requested:
+            return task
+        return task.model_copy(update={"cancel_requested": True, "updated_at": event.at})
+    if isinstance(event, TaskRequeued):
+        if task.state is TaskState.queued:
+            return task
+        if task.state is not TaskState.running:
+            raise IllegalTransition(f"requeue of a task that is {task.state}")
+        return task.model_copy(
+            update={
+                "state": TaskState.queued,
+                "worker_id": None,
+                "lease_expires_at": None,
+                "progress": 0.0,
+                "message": event.reason,
+                "updated_at": event.at,
+            }
+        )
+    raise IllegalTransition(f"unknown event {type(event).__name__}")  # pragma: no cover
+
+
+def _check_attempt(task: Task, event: Event) -> None:
+    if event.attempt != task.attempt:
+        raise StaleAttempt(
+            f"{event.type} from attempt {event.attempt}, but task {task.id} is on "
+            f"attempt {task.attempt}"
+        )
+
+
+def _claimed(task: Task, event: TaskClaimed) -> Task:
+    if task.state is TaskState.running and event.attempt == task.attempt:
+        if event.worker_id == task.worker_id:
+            return task.model_copy(update={"lease_expires_at": event.lease_expires_at})
+        raise StaleAttempt(f"attempt {event.attempt} of task {task.id} is held by another worker")
+    if task.state is not TaskState.queued:
+        raise IllegalTransition(f"claim of a task that is {task.state}")
+    if event.attempt != task.attempt + 1:
+        raise StaleAttempt(
+            f"claim for attempt {event.attempt}, but task {task.id} is due "
+            f"attempt {task.attempt + 1}"
+        )
+    return task.model_copy(
+        update={
+            "state": TaskState.running,
+            "attempt": event.attempt,
+            "worker_id": event.worker_id,
+            "lease_expires_at": event.lease_expires_at,
+            "claimed_at": event.at,
+            "progress": 0.0,
+            "message": "",
+            "updated_at": event.at,
+        }
+    )
+
+
+def _done(task: Task, event: TaskDone) -> Task:
+    if task.state.finished:
+        if task.state == event.status and task.attempt == event.attempt:
+            return task
+        raise TaskFinished(f"task {task.id} already {task.state}")
+    _check_attempt(task, event)
+    if task.state is TaskState.queued and event.status == "succeeded":
+        raise IllegalTransition("a queued task cannot succeed without being claimed")
+    update: dict[str, Any] = {
+        "state": TaskState(event.status),
+        "outputs": event.outputs,
+        "error": event.error,
+        "finished_at": event.at,
+        "lease_expires_at": None,
+        "updated_at": event.at,
+    }
+    if event.status == "succeeded":
+        update["progress"] = 1.0
+    if event.status == "cancelled":
+        update["cancelled_at"] = event.at
+    return task.model_copy(update=update)
+
+
+def rebuild(events: list[Event]) -> Task | None:
+    """Fold a task's events in order; events the state machine refuses are skipped, as live."""
+    task: Task | None = None
+    for event in events:
+        try:
+            task = apply(task, event)
+        except (IllegalTransition, StaleAttempt, TaskFinished):
+            continue
+    return task
+
+
+def lease_expired(
+    task: Task, now: datetime, reason: str = "lease expired"
+) -> TaskRequeued | TaskDone:
+    """What happens to a running task whose worker vanished: retry, or fail when out of attempts."""
+    if task.attempt >= task.max_attempts:
+        return TaskDone(
+            task_id=task.id,
+            flow=task.flow,
+            owner=task.owner,
+            attempt=task.attempt,
+            at=now,
+            status="failed",
+            error=(
+                f"{reason} on attempt {task.attempt} of {task.max_attempts}: "
+                "the worker stopped responding, no attempts left"
+            ),
+        )
+    return TaskRequeued(
+        task_id=task.id,
+        flow=task.flow,
+        owner=task.owner,
+        attempt=task.attempt,
+        at=now,
+        reason=f"{reason} on attempt {task.attempt}; retrying",
+    )
+
+
+def lease_deadline(now: datetime, lease_seconds: float) -> datetime:
+    return now + timedelta(seconds=lease_seconds)
