@@ -205,7 +205,20 @@ def rebuild(events: list[Event]) -> Task | None:
 def lease_expired(
     task: Task, now: datetime, reason: str = "lease expired"
 ) -> TaskRequeued | TaskDone:
-    """What happens to a running task whose worker vanished: retry, or fail when out of attempts."""
+    """What happens to a running task whose worker vanished: retry, or fail when out of attempts.
+
+    A task whose cancellation was requested ends cancelled instead: nobody wants it re-run.
+    """
+    if task.cancel_requested:
+        return TaskDone(
+            task_id=task.id,
+            flow=task.flow,
+            owner=task.owner,
+            attempt=task.attempt,
+            at=now,
+            status="cancelled",
+            error=f"cancelled ({reason} before the worker confirmed)",
+        )
     if task.attempt >= task.max_attempts:
         return TaskDone(
             task_id=task.id,

@@ -1,0 +1,81 @@
+"""Transactions with one writer path on SQLite and post-commit event hooks.
+
+Every write that changes a task goes through ``Database.write()``: the events
+appended in it reach the listeners (the in-process hub, wake-ups) only after
+the transaction committed, so nobody sees an event that might still roll back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from adapters.sql.engine import dialect_name, unavailable
+from core.events import Event
+
+log = logging.getLogger(__name__)
+
+CommitListener = Callable[[Sequence[Event]], None]
+
+
+@dataclass
+class Tx:
+    conn: AsyncConnection
+    events: list[Event] = field(default_factory=list)
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = dialect_name(engine)
+        # SQLite has one writer: serialise writers here instead of failing with "locked".
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._listeners: list[CommitListener] = []
+
+    def on_commit(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock:
+            try:
+                async with self.engine.begin() as conn:
+                    tx = Tx(conn)
+                    yield tx
+            except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
+                if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
+                    raise
+                raise unavailable(self.engine, exc) from exc
+        if tx.events:
+            self.notify(tx.events)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
+            if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
+                raise
+            raise unavailable(self.engine, exc) from exc
+
+    def notify(self, events: Sequence[Event]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # a broken listener must not undo a committed write
+                log.exception("commit listener failed")
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)

@@ -1,0 +1,161 @@
+"""The task table and its event log: the system of record.
+
+``record`` is the one way an event changes a task: lock the row, fold the event
+with ``core.task.apply`` (which refuses illegal transitions and stale attempts),
+write the row and append the event, all in one transaction. An event id that is
+already in the log changes nothing, so redelivered events are harmless.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from adapters.sql.database import Database, Tx
+from adapters.sql.rows import event_from_row, event_values, task_from_row, task_values
+from adapters.sql.schema import events, tasks, workers
+from core.errors import TaskNotFound
+from core.events import Event
+from core.ports import WorkerIdentity
+from core.task import Task, TaskState, apply
+
+
+class SqlTaskStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(self, event: Event) -> Task:
+        async with self.db.write() as tx:
+            return await record_in(tx, event)
+
+    async def get(self, task_id: uuid.UUID) -> Task:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
+        if row is None:
+            raise TaskNotFound(f"no task has id {task_id}")
+        return task_from_row(row)
+
+    async def list(
+        self,
+        *,
+        state: TaskState | None = None,
+        flow: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Sequence[Task]:
+        query = sa.select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+        if state is not None:
+            query = query.where(tasks.c.state == state.value)
+        if flow is not None:
+            query = query.where(tasks.c.flow == flow)
+        if owner is not None:
+            query = query.where(tasks.c.owner == owner)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+        return [task_from_row(r) for r in rows]
+
+    async def delete(self, task_id: uuid.UUID) -> None:
+        """Remove the task row; its events stay in the log (replay still sees them)."""
+        async with self.db.write() as tx:
+            result = await tx.conn.execute(sa.delete(tasks).where(tasks.c.id == task_id))
+        if result.rowcount == 0:
+            raise TaskNotFound(f"no task has id {task_id}")
+
+    async def events(self, task_id: uuid.UUID) -> Sequence[Event]:
+        query = sa.select(events.c.body).where(events.c.task_id == task_id).order_by(events.c.seq)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [event_from_row(r) for r in rows]
+
+    async def events_after(self, seq: int, limit: int = 500) -> list[tuple[int, Event]]:
+        """Log entries after ``seq`` in commit-safe order, for tailers and replay."""
+        query = (
+            sa.select(events.c.seq, events.c.body)
+            .where(events.c.seq > seq)
+            .order_by(events.c.seq)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.seq, event_from_row(r)) for r in rows]
+
+    async def last_seq(self) -> int:
+        async with self.db.read() as conn:
+            value = (await conn.execute(sa.select(sa.func.max(events.c.seq)))).scalar()
+        return int(value or 0)
+
+    async def workers(self) -> list[dict[str, object]]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(sa.select(workers).order_by(workers.c.name))).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def register_worker(self, worker: WorkerIdentity, now: datetime) -> None:
+        values = {
+            "name": worker.name,
+            "host": worker.host,
+            "flows": list(worker.flows),
+            "concurrency": worker.concurrency,
+            "owner": worker.owner,
+            "transport": worker.transport,
+            "last_seen_at": now,
+        }
+        async with self.db.write() as tx:
+            result = await tx.conn.execute(
+                sa.update(workers).where(workers.c.id == worker.id).values(**values)
+            )
+            if result.rowcount == 0:
+                await tx.conn.execute(
+                    sa.insert(workers).values(id=worker.id, started_at=now, **values)
+                )
+
+    async def touch_worker(self, worker_id: str, now: datetime) -> None:
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                sa.update(workers).where(workers.c.id == worker_id).values(last_seen_at=now)
+            )
+
+
+async def load_for_update(tx: Tx, task_id: uuid.UUID) -> Task | None:
+    query = sa.select(tasks).where(tasks.c.id == task_id).with_for_update()
+    row = (await tx.conn.execute(query)).first()
+    return None if row is None else task_from_row(row)
+
+
+async def record_in(tx: Tx, event: Event) -> Task:
+    """Fold one event into its task inside ``tx``; a known event id is a no-op."""
+    current = await load_for_update(tx, event.task_id)
+    seen = await tx.conn.execute(sa.select(events.c.seq).where(events.c.id == event.id))
+    if seen.first() is not None:
+        if current is None:
+            raise TaskNotFound(f"no task has id {event.task_id}")
+        return current
+    updated = apply(current, event)
+    if updated is current:  # already reflected (a duplicate under another id): log nothing
+        return updated
+    await write_task(tx, current, updated)
+    await append_event(tx, event)
+    return updated
+
+
+async def write_task(tx: Tx, before: Task | None, after: Task) -> None:
+    if before is None:
+        await tx.conn.execute(sa.insert(tasks).values(**task_values(after)))
+    else:
+        values = task_values(after)
+        values.pop("id")
+        await tx.conn.execute(sa.update(tasks).where(tasks.c.id == after.id).values(**values))
+
+
+async def append_event(tx: Tx, event: Event) -> None:
+    await tx.conn.execute(sa.insert(events).values(**event_values(event)))
+    tx.events.append(event)
+
+
+async def append_events(tx: Tx, batch: Sequence[Event]) -> None:
+    if batch:
+        await tx.conn.execute(sa.insert(events), [event_values(e) for e in batch])
+        tx.events.extend(batch)

@@ -1,0 +1,221 @@
+"""The database work queue: claims with ``FOR UPDATE SKIP LOCKED``, leases, reaping.
+
+One claim statement per dialect family, each one short transaction that also
+appends the ``task.claimed`` events:
+
+- PostgreSQL and SQLite: ``WITH picked AS (SELECT … FOR UPDATE SKIP LOCKED)
+  UPDATE … FROM picked RETURNING …`` (SQLite ignores the lock clause; it has a
+  single writer anyway);
+- MariaDB/MySQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE`` then
+  ``SELECT`` in the same transaction (MariaDB has no ``UPDATE … RETURNING``).
+
+No transaction stays open while a flow runs: a lease (a deadline column) marks
+ownership, heartbeats extend it, and ``reap`` turns expired leases into
+``task.requeued`` (or ``task.done`` failed when attempts are used up).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from adapters.sql.database import Database, Tx
+from adapters.sql.rows import task_from_row
+from adapters.sql.schema import tasks
+from adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
+from core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
+from core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
+from core.ports import Heartbeat, WorkerIdentity
+from core.task import Task, TaskState, apply, lease_expired
+
+log = logging.getLogger(__name__)
+
+
+class Waker(Protocol):
+    """How an idle worker learns that work may be waiting."""
+
+    def clear(self) -> None: ...
+
+    async def wait(self, max_wait: float) -> None: ...
+
+    def found_work(self, found: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SqlWorkQueue:
+    def __init__(
+        self,
+        store: SqlTaskStore,
+        waker: Waker,
+        *,
+        lease_seconds: float,
+    ) -> None:
+        self.store = store
+        self.db: Database = store.db
+        self.waker = waker
+        self.lease = timedelta(seconds=lease_seconds)
+
+    async def register(self, worker: WorkerIdentity) -> None:
+        await self.store.register_worker(worker, utcnow())
+
+    async def claim(self, worker: WorkerIdentity, limit: int) -> Sequence[Task]:
+        if limit <= 0 or not worker.flows:
+            return []
+        self.waker.clear()
+        now = utcnow()
+        deadline = now + self.lease
+        async with self.db.write() as tx:
+            if self.db.dialect == "mysql":
+                claimed = await _claim_select_then_update(tx, worker, limit, now, deadline)
+            else:
+                claimed = await _claim_update_returning(tx, worker, limit, now, deadline)
+            await append_events(
+                tx,
+                [
+                    TaskClaimed(
+                        task_id=t.id,
+                        flow=t.flow,
+                        owner=t.owner,
+                        attempt=t.attempt,
+                        at=now,
+                        worker_id=worker.id,
+                        lease_expires_at=deadline,
+                    )
+                    for t in claimed
+                ],
+            )
+        self.waker.found_work(bool(claimed))
+        return claimed
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        await self.waker.wait(max_wait)
+
+    async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
+        deadline = utcnow() + self.lease
+        held = (
+            (tasks.c.id == task.id)
+            & (tasks.c.attempt == task.attempt)
+            & (tasks.c.state == TaskState.running.value)
+            & (tasks.c.worker_id == worker.id)
+        )
+        async with self.db.write() as tx:
+            result = await tx.conn.execute(
+                sa.update(tasks).where(held).values(lease_expires_at=deadline)
+            )
+            if result.rowcount == 0:
+                raise LeaseLost(f"task {task.id} attempt {task.attempt} is no longer ours")
+            cancel = await tx.conn.scalar(
+                sa.select(tasks.c.cancel_requested).where(tasks.c.id == task.id)
+            )
+        return Heartbeat(cancel_requested=bool(cancel))
+
+    async def report(self, worker: WorkerIdentity, event: TaskProgress | TaskDone) -> None:
+        try:
+            async with self.db.write() as tx:
+                await record_in(tx, event)
+        except (StaleAttempt, IllegalTransition, TaskFinished) as exc:
+            raise LeaseLost(f"result of task {event.task_id} refused: {exc.message}") from exc
+
+    async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
+        event = TaskRequeued(
+            task_id=task.id, flow=task.flow, owner=task.owner, attempt=task.attempt, reason=reason
+        )
+        try:
+            async with self.db.write() as tx:
+                await record_in(tx, event)
+        except (StaleAttempt, IllegalTransition, TaskFinished):
+            log.info("task %s was no longer ours to release", task.id)
+
+    async def close(self) -> None:
+        await self.waker.close()
+
+    async def reap(self, now: datetime | None = None, batch: int = 100) -> int:
+        """Requeue (or fail) running tasks whose lease expired; safe to run anywhere, any time."""
+        now = now or utcnow()
+        expired = (tasks.c.state == TaskState.running.value) & (tasks.c.lease_expires_at < now)
+        return await self._expire(expired, now, "lease expired", batch)
+
+    async def release_worker(self, worker_id: str, reason: str) -> int:
+        """Treat every task held by ``worker_id`` as abandoned (a restarted in-process worker)."""
+        held = (tasks.c.state == TaskState.running.value) & (tasks.c.worker_id == worker_id)
+        return await self._expire(held, utcnow(), reason, 1000)
+
+    async def _expire(self, where: Any, now: datetime, reason: str, batch: int) -> int:
+        async with self.db.write() as tx:
+            query = (
+                sa.select(tasks)
+                .where(where)
+                .order_by(tasks.c.lease_expires_at)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+            rows = (await tx.conn.execute(query)).all()
+            for row in rows:
+                task = task_from_row(row)
+                event = lease_expired(task, now, reason)
+                await write_task(tx, task, apply(task, event))
+                await append_events(tx, [event])
+                log.warning("task %s: %s", task.id, getattr(event, "reason", None) or event.error)
+        return len(rows)
+
+
+def _pick(worker: WorkerIdentity, limit: int) -> sa.Select[Any]:
+    query = sa.select(tasks.c.id).where(
+        (tasks.c.state == TaskState.queued.value) & tasks.c.flow.in_(worker.flows)
+    )
+    if worker.owner is not None:
+        query = query.where(tasks.c.owner == worker.owner)
+    return (
+        query.order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _claim_values(worker: WorkerIdentity, now: datetime, deadline: datetime) -> dict[str, Any]:
+    return {
+        "state": TaskState.running.value,
+        "attempt": tasks.c.attempt + 1,
+        "worker_id": worker.id,
+        "lease_expires_at": deadline,
+        "claimed_at": now,
+        "progress": 0.0,
+        "message": "",
+        "updated_at": now,
+    }
+
+
+def _ordered(claimed: list[Task]) -> list[Task]:
+    return sorted(claimed, key=lambda t: (-t.priority, t.created_at))
+
+
+async def _claim_update_returning(
+    tx: Tx, worker: WorkerIdentity, limit: int, now: datetime, deadline: datetime
+) -> list[Task]:
+    picked = _pick(worker, limit).cte("picked")
+    stmt = (
+        sa.update(tasks)
+        .where(tasks.c.id == picked.c.id)
+        .values(**_claim_values(worker, now, deadline))
+        .returning(*tasks.c)
+    )
+    rows = (await tx.conn.execute(stmt)).all()
+    return _ordered([task_from_row(r) for r in rows])
+
+
+async def _claim_select_then_update(
+    tx: Tx, worker: WorkerIdentity, limit: int, now: datetime, deadline: datetime
+) -> list[Task]:
+    ids = list((await tx.conn.execute(_pick(worker, limit))).scalars())
+    if not ids:
+        return []
+    await tx.conn.execute(
+        sa.update(tasks).where(tasks.c.id.in_(ids)).values(**_claim_values(worker, now, deadline))
+    )
+    rows = (await tx.conn.execute(sa.select(tasks).where(tasks.c.id.in_(ids)))).all()
+    return _ordered([task_from_row(r) for r in rows])
