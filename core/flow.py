@@ -93,8 +93,9 @@ class Flow(ABC):
             return cls.Params.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "params"
-            raise InvalidInput(f"params.{field}: {first['msg']}", field=f"params.{field}") from None
+            field = ".".join(["params", *(str(p) for p in first["loc"])])
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(f"{field}: {message}", field=field) from None
 
     @classmethod
     def describe(cls) -> FlowInfo:

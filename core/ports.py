@@ -108,6 +108,10 @@ class TaskFiles(Protocol):
         """Store the outputs where the server can serve them; clean up scratch space."""
         ...
 
+    async def discard_attempt(self, task: Task, files: AttemptFiles) -> None:
+        """Clean up after an attempt that produced no result."""
+        ...
+
 
 class EventFeed(Protocol):
     """Live events for subscribers (SSE, webhooks, CLI tail)."""

@@ -1,0 +1,140 @@
+"""Task files on a local (or shared, mounted) folder.
+
+Layout, the same for the server and for database workers that mount it:
+
+    <root>/<task id>/inputs/<safe name>
+    <root>/<task id>/attempts/<n>/outputs/<name>
+    <root>/<task id>/attempts/<n>/scratch/          (removed after the attempt)
+
+Each attempt writes its own folder, so a worker that lost its lease can never
+overwrite the outputs of the attempt that replaced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from core.errors import FlowFailed, OutputNotFound, UploadTooLarge
+from core.events import FileRef
+from core.files import guess_media_type, safe_file_name
+from core.ports import AttemptFiles
+from core.task import Task
+
+
+class LocalFileStore:
+    """The server's side: streamed uploads, downloads, deletion."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def task_dir(self, task_id: uuid.UUID) -> Path:
+        return self.root / str(task_id)
+
+    async def ensure_task_dir(self, task_id: uuid.UUID) -> None:
+        await aiofiles.os.makedirs(self.task_dir(task_id), exist_ok=True)
+
+    async def save_input(
+        self,
+        task_id: uuid.UUID,
+        *,
+        input_name: str,
+        filename: str,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+    ) -> FileRef:
+        """Stream one upload to disk, never whole in memory; over ``limit`` bytes is refused."""
+        name = safe_file_name(filename)
+        folder = self.task_dir(task_id) / "inputs"
+        await aiofiles.os.makedirs(folder, exist_ok=True)
+        target = folder / name
+        partial = folder / f".{name}.part"
+        size = 0
+        async with aiofiles.open(partial, "wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    await out.close()
+                    await aiofiles.os.remove(partial)
+                    raise UploadTooLarge(
+                        f"inputs: file {filename!r} is larger than the limit of {limit} bytes",
+                        field="inputs",
+                    )
+                await out.write(chunk)
+        await aiofiles.os.replace(partial, target)
+        return FileRef(
+            name=name,
+            path=f"inputs/{name}",
+            size=size,
+            media_type=guess_media_type(name),
+            input=input_name,
+        )
+
+    def output_path(self, task: Task, name: str) -> tuple[Path, FileRef]:
+        for ref in task.outputs:
+            if ref.name == name:
+                path = self.task_dir(task.id) / ref.path
+                if path.is_file():
+                    return path, ref
+                break
+        raise OutputNotFound(f"task {task.id} has no output named {name!r}")
+
+    async def delete_task(self, task_id: uuid.UUID) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.task_dir(task_id), True)
+
+
+class LocalTaskFiles:
+    """The worker's side: inputs and outputs in place on the shared folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def open_attempt(self, task: Task) -> AttemptFiles:
+        folder = self.root / str(task.id)
+        if not await aiofiles.os.path.isdir(folder):
+            raise FlowFailed(
+                f"task folder {folder} is missing on this worker: its files folder must be "
+                "the server's tasks folder (mount it and pass the same path with --files)"
+            )
+        inputs: dict[str, Path] = {}
+        for ref in task.inputs:
+            path = folder / ref.path
+            if not await aiofiles.os.path.isfile(path):
+                raise FlowFailed(f"input {ref.name!r} is missing from {folder}")
+            inputs[ref.input or ref.name] = path
+        attempt = folder / "attempts" / str(task.attempt)
+        outputs, scratch = attempt / "outputs", attempt / "scratch"
+        await asyncio.to_thread(shutil.rmtree, attempt, True)
+        await aiofiles.os.makedirs(outputs, exist_ok=True)
+        await aiofiles.os.makedirs(scratch, exist_ok=True)
+        return AttemptFiles(inputs=inputs, outputs=outputs, scratch=scratch)
+
+    async def close_attempt(self, task: Task, files: AttemptFiles) -> tuple[FileRef, ...]:
+        await asyncio.to_thread(shutil.rmtree, files.scratch, True)
+        return await asyncio.to_thread(_collect, self.root / str(task.id), files.outputs)
+
+    async def discard_attempt(self, task: Task, files: AttemptFiles) -> None:
+        await asyncio.to_thread(shutil.rmtree, files.scratch, True)
+
+
+def _collect(task_dir: Path, outputs: Path) -> tuple[FileRef, ...]:
+    refs = []
+    for entry in sorted(os.scandir(outputs), key=lambda e: e.name):
+        if entry.is_file():
+            path = Path(entry.path)
+            refs.append(
+                FileRef(
+                    name=entry.name,
+                    path=path.relative_to(task_dir).as_posix(),
+                    size=entry.stat().st_size,
+                    media_type=guess_media_type(entry.name),
+                )
+            )
+    return tuple(refs)

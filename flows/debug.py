@@ -1,0 +1,52 @@
+"""A flow that only waits: for tests, benchmarks and trying out cancellation and failures."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import FlowFailed
+from core.flow import Flow, FlowContext, check_cancelled
+
+SLICE_SECONDS = 0.05
+"""Longest uninterrupted sleep, so a cancel is seen within ~50 ms even in one long step."""
+
+
+class SleepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(
+        default=1.0, ge=0, le=3600, description="Total time to wait; 0 makes a no-op task."
+    )
+    steps: int = Field(
+        default=10, ge=1, le=10000, description="How many equal steps, one progress report each."
+    )
+    fail: str | None = Field(
+        default=None, description="When set, fail with this message after the wait."
+    )
+
+
+def sleep_unless_cancelled(ctx: FlowContext, seconds: float) -> None:
+    """Sleep in short slices, raising ``FlowCancelled`` as soon as a cancel is requested."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        check_cancelled(ctx)
+        time.sleep(min(remaining, SLICE_SECONDS))
+
+
+class Sleep(Flow):
+    name = "debug.sleep"
+    version = "1"
+    description = "Wait in steps, reporting progress; optionally fail. Touches no files."
+    Params = SleepParams
+
+    def run(self, ctx: FlowContext, params: SleepParams) -> None:
+        step_seconds = params.seconds / params.steps
+        for i in range(params.steps):
+            check_cancelled(ctx)
+            if step_seconds > 0:
+                sleep_unless_cancelled(ctx, step_seconds)
+            ctx.progress((i + 1) / params.steps, f"step {i + 1}/{params.steps}")
+        if params.fail is not None:
+            raise FlowFailed(params.fail)

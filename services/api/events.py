@@ -1,0 +1,47 @@
+"""``/api/events/stream``: live events as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from core.events import Event
+from services.api.deps import runtime
+from services.runtime import Runtime
+
+router = APIRouter(prefix="/api/events", tags=["events"])
+KEEPALIVE_SECONDS = 15.0
+
+
+@router.get("/stream")
+async def stream(
+    rt: Annotated[Runtime, Depends(runtime)], task: uuid.UUID | None = None
+) -> StreamingResponse:
+    return StreamingResponse(
+        _sse(rt, task),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(rt: Runtime, task_id: uuid.UUID | None) -> AsyncIterator[str]:
+    async with rt.hub.subscription() as queue:
+        # the subscription is live before the client sees this line: nothing after it is missed
+        yield ": subscribed\n\n"
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if task_id is None or event.task_id == task_id:
+                yield format_sse(event)
+
+
+def format_sse(event: Event) -> str:
+    return f"event: {event.type}\nid: {event.id}\ndata: {event.to_json()}\n\n"

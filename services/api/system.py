@@ -1,0 +1,52 @@
+"""Flows, workers and health."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends
+
+from core.events import utcnow
+from services.api.deps import runtime
+from services.api.schemas import WorkerOut
+from services.runtime import Runtime
+
+router = APIRouter(prefix="/api", tags=["system"])
+Rt = Annotated[Runtime, Depends(runtime)]
+
+
+@router.get("/flows")
+async def list_flows(rt: Rt) -> dict[str, Any]:
+    return {
+        "items": [info.model_dump(mode="json") for info in rt.flows.describe()],
+        "broken": rt.flows.broken,
+    }
+
+
+@router.get("/workers")
+async def list_workers(rt: Rt) -> dict[str, list[WorkerOut]]:
+    cutoff = utcnow() - timedelta(seconds=rt.settings.worker_offline_seconds)
+    rows = await rt.store.workers()
+    return {
+        "items": [
+            WorkerOut.model_validate({**row, "online": row["last_seen_at"] >= cutoff})
+            for row in rows
+        ]
+    }
+
+
+@router.get("/health")
+async def health(rt: Rt) -> dict[str, Any]:
+    async with rt.db.read() as conn:
+        await conn.execute(sa.text("SELECT 1"))
+    return {
+        "status": "ok",
+        "mode": rt.settings.mode,
+        "database": rt.db.dialect,
+        "flows": len(rt.flows.names()),
+        "in_process_workers": rt.settings.workers if rt.worker else 0,
+        "running_here": rt.worker.busy if rt.worker else 0,
+        "live_subscribers": rt.hub.subscriber_count,
+    }

@@ -1,0 +1,61 @@
+"""The ``FlowContext`` a worker hands to a flow running in a thread.
+
+Flows call ``progress`` as often as they like from their thread; only the
+latest value is kept and the worker's reporter sends it at most once per
+``progress_interval``. Cancellation is a ``threading.Event`` the worker sets
+from the event loop (cancel request, lost lease, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from core.errors import InvalidInput
+from core.ports import AttemptFiles
+
+
+class RunContext:
+    def __init__(self, files: AttemptFiles, device: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._files = files
+        self._device = device
+        self._loop = loop
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: tuple[float, str] | None = None
+        self.changed = asyncio.Event()
+        self.lease_lost = False
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def scratch(self) -> Path:
+        return self._files.scratch
+
+    def input(self, name: str) -> Path:
+        try:
+            return self._files.inputs[name]
+        except KeyError:
+            raise InvalidInput(f"inputs: missing input {name!r}", field="inputs") from None
+
+    def output(self, name: str) -> Path:
+        return self._files.outputs / name
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        with self._lock:
+            self._latest = (min(1.0, max(0.0, float(fraction))), message[:500])
+        self._loop.call_soon_threadsafe(self.changed.set)
+
+    def take_progress(self) -> tuple[float, str] | None:
+        with self._lock:
+            latest, self._latest = self._latest, None
+        return latest
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        self._cancel.set()

@@ -1,0 +1,137 @@
+"""The composition root: settings in, wired components out.
+
+This is the only place that picks implementations from configuration (the
+database URI decides the store and the queue's wake-ups; the mode decides
+whether workers run in this process). Everything else receives its
+collaborators ready-made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from adapters.files.local import LocalFileStore, LocalTaskFiles
+from adapters.sql.database import Database
+from adapters.sql.engine import make_engine, upgrade
+from adapters.sql.task_store import SqlTaskStore
+from adapters.sql.work_queue import SqlWorkQueue
+from bus.inprocess import EventHub, LocalWaker
+from core.events import Event, TaskCancelRequested
+from core.ports import WorkerIdentity
+from core.settings import Settings
+from flows.device import detect_device
+from flows.registry import FlowRegistry, installed_flows
+from services.task_service import TaskService
+from services.worker import Worker, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    hub: EventHub
+    store: SqlTaskStore
+    files: LocalFileStore
+    flows: FlowRegistry
+    tasks: TaskService
+    queue: SqlWorkQueue
+    worker: Worker | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Runtime:
+        settings.check_mode()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.tasks_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.db_uri)
+        await upgrade(engine)
+        db = Database(engine)
+        hub = EventHub()
+        db.on_commit(hub.publish)
+        waker = LocalWaker()
+        db.on_commit(waker.on_commit)
+        store = SqlTaskStore(db)
+        files = LocalFileStore(settings.tasks_dir)
+        flows = installed_flows()
+        for name, reason in flows.broken.items():
+            log.warning("flow %s is not available: %s", name, reason)
+        tasks = TaskService(
+            store,
+            files,
+            flows,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_attempts=settings.max_attempts,
+        )
+        queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
+        runtime = cls(settings, db, hub, store, files, flows, tasks, queue)
+        if settings.mode == "default" and settings.workers > 0:
+            runtime.worker = runtime._local_worker()
+            db.on_commit(runtime._forward_cancels)
+        return runtime
+
+    def _local_worker(self) -> Worker:
+        s = self.settings
+        identity = WorkerIdentity(
+            id=f"{socket.gethostname()}/inprocess",
+            name="in-process",
+            host=socket.gethostname(),
+            flows=self.flows.names(),
+            concurrency=s.workers,
+            transport="inprocess",
+        )
+        options = WorkerOptions(
+            heartbeat_seconds=s.heartbeat_seconds,
+            progress_interval=s.progress_interval,
+            poll_interval=s.poll_interval,
+            grace_seconds=min(10.0, s.lease_seconds),
+            device=detect_device(s.device),
+        )
+        return Worker(identity, self.queue, LocalTaskFiles(s.tasks_dir), self.flows, options)
+
+    def _forward_cancels(self, events: Sequence[Event]) -> None:
+        if self.worker is None:
+            return
+        for event in events:
+            if isinstance(event, TaskCancelRequested):
+                self.worker.cancel(event.task_id)
+
+    async def start(self) -> None:
+        if self.worker is not None:
+            # Our own worker died with the previous process: whatever it held runs again.
+            released = await self.queue.release_worker(
+                self.worker.identity.id, "server restarted while the task ran"
+            )
+            if released:
+                log.warning("requeued %d tasks interrupted by the last shutdown", released)
+            self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
+        self._background.append(asyncio.create_task(self._reaper(), name="reaper"))
+
+    async def _reaper(self) -> None:
+        from core.errors import Unavailable
+
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                await self.queue.reap()
+            except Unavailable as exc:
+                log.warning("reaper skipped: %s", exc.message)
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        for job in reversed(self._background):
+            if job.get_name() == "worker":
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(job, self.settings.lease_seconds + 5)
+            else:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        await self.db.close()

@@ -1,0 +1,143 @@
+"""Use cases of the server: create, cancel and delete tasks.
+
+Validation happens before anything is stored, and a task's files are written
+before its ``task.created`` event: a request that fails half-way removes what it
+wrote, so nothing half-stored is ever visible.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.files.local import LocalFileStore
+from adapters.sql.task_store import SqlTaskStore
+from core.errors import FlowNotFound, IllegalTransition, InvalidInput, StaleAttempt, TaskFinished
+from core.events import FileRef, TaskCancelRequested, TaskCreated, TaskDone
+from core.flow import Flow
+from core.task import Task, TaskState
+from flows.registry import FlowRegistry
+
+
+@dataclass
+class Upload:
+    filename: str
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class NewTask:
+    flow: str
+    params: dict[str, Any]
+    priority: int = 0
+    owner: str = "admin"
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: SqlTaskStore,
+        files: LocalFileStore,
+        flows: FlowRegistry,
+        *,
+        max_upload_bytes: int,
+        max_attempts: int,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.flows = flows
+        self.max_upload_bytes = max_upload_bytes
+        self.max_attempts = max_attempts
+
+    def flow(self, name: str) -> type[Flow]:
+        try:
+            return self.flows.get(name)
+        except FlowNotFound as exc:
+            raise InvalidInput(f"flow: {exc.message}", field="flow") from None
+
+    def validate(self, request: NewTask, upload_count: int) -> type[Flow]:
+        """Everything that can be checked before a byte is written."""
+        flow_cls = self.flow(request.flow)
+        flow_cls.parse_params(request.params)
+        required = [spec for spec in flow_cls.inputs if spec.required]
+        if upload_count < len(required):
+            names = ", ".join(spec.name for spec in required)
+            raise InvalidInput(
+                f"inputs: flow {request.flow!r} needs {len(required)} input file(s) ({names}), "
+                f"got {upload_count}",
+                field="inputs",
+            )
+        if upload_count > len(flow_cls.inputs):
+            raise InvalidInput(
+                f"inputs: flow {request.flow!r} takes at most {len(flow_cls.inputs)} input "
+                f"file(s), got {upload_count}",
+                field="inputs",
+            )
+        return flow_cls
+
+    async def create(self, request: NewTask, uploads: Sequence[Upload] = ()) -> Task:
+        flow_cls = self.validate(request, len(uploads))
+        params = flow_cls.parse_params(request.params).model_dump(mode="json")
+        task_id = uuid.uuid4()
+        try:
+            refs: list[FileRef] = []
+            for spec, upload in zip(flow_cls.inputs, uploads, strict=False):
+                refs.append(
+                    await self.files.save_input(
+                        task_id,
+                        input_name=spec.name,
+                        filename=upload.filename,
+                        chunks=upload.chunks,
+                        limit=self.max_upload_bytes,
+                    )
+                )
+            event = TaskCreated(
+                task_id=task_id,
+                flow=request.flow,
+                owner=request.owner,
+                params=params,
+                inputs=tuple(refs),
+                priority=request.priority,
+                max_attempts=self.max_attempts,
+            )
+            if not refs:
+                # workers on the shared folder expect every task to have one
+                await self.files.ensure_task_dir(task_id)
+            return await self.store.record(event)
+        except BaseException:
+            await self.files.delete_task(task_id)
+            raise
+
+    async def cancel(self, task_id: uuid.UUID) -> Task:
+        """Queued: cancelled now. Running: the worker is asked to stop and reports cancelled."""
+        task = await self.store.get(task_id)
+        if task.state.finished:
+            raise TaskFinished(f"task {task_id} already {task.state}; nothing to cancel")
+        if task.state is TaskState.queued:
+            try:
+                return await self.store.record(
+                    TaskDone(
+                        task_id=task.id,
+                        flow=task.flow,
+                        owner=task.owner,
+                        attempt=task.attempt,
+                        status="cancelled",
+                        error="cancelled before it started",
+                    )
+                )
+            except (IllegalTransition, StaleAttempt):  # claimed meanwhile: ask the worker
+                task = await self.store.get(task_id)
+        return await self.store.record(
+            TaskCancelRequested(
+                task_id=task.id, flow=task.flow, owner=task.owner, attempt=task.attempt
+            )
+        )
+
+    async def delete(self, task_id: uuid.UUID) -> None:
+        task = await self.store.get(task_id)
+        if task.state is TaskState.running:
+            await self.cancel(task_id)
+        await self.store.delete(task_id)
+        await self.files.delete_task(task_id)

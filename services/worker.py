@@ -1,0 +1,297 @@
+"""The worker: claim work, run flows in threads, report progress and results.
+
+The same class runs in every mode; only the ``WorkQueue`` and ``TaskFiles`` it
+is given differ. It claims only as many tasks as it has free slots, keeps each
+lease alive with heartbeats (every lease/3), stops a flow when its task is
+cancelled or its lease is lost, and retries a result until the queue takes it
+(a result event is idempotent, so a retry after an outage is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from core.errors import (
+    FlowCancelled,
+    FlowFailed,
+    FlowNotFound,
+    InvalidInput,
+    LeaseLost,
+    Unavailable,
+)
+from core.events import FileRef, TaskDone, TaskProgress
+from core.flow import Flow
+from core.ports import AttemptFiles, TaskFiles, WorkerIdentity, WorkQueue
+from core.task import Task
+from services.run_context import RunContext
+
+log = logging.getLogger(__name__)
+
+Maintenance = Callable[[], Awaitable[object]]
+
+
+class FlowSource:
+    """What the worker needs of a flow registry."""
+
+    def get(self, name: str) -> type[Flow]:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    heartbeat_seconds: float = 10.0
+    progress_interval: float = 0.2
+    poll_interval: float = 2.0
+    grace_seconds: float = 30.0
+    device: str = "cpu"
+
+
+class Worker:
+    def __init__(
+        self,
+        identity: WorkerIdentity,
+        queue: WorkQueue,
+        files: TaskFiles,
+        flows: FlowSource,
+        options: WorkerOptions,
+        maintenance: Maintenance | None = None,
+    ) -> None:
+        self.identity = identity
+        self.queue = queue
+        self.files = files
+        self.flows = flows
+        self.options = options
+        self.maintenance = maintenance
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, identity.concurrency), thread_name_prefix="flow"
+        )
+        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._contexts: dict[uuid.UUID, RunContext] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    def cancel(self, task_id: uuid.UUID) -> None:
+        """Ask a running flow to stop (cancel request seen on the bus)."""
+        ctx = self._contexts.get(task_id)
+        if ctx is not None:
+            ctx.cancel()
+
+    async def run(self) -> None:
+        """Claim and run until ``stop`` is called; then drain within the grace period."""
+        await self._retrying(lambda: self.queue.register(self.identity), "register")
+        housekeeping = asyncio.create_task(self._housekeeping(), name="worker-housekeeping")
+        try:
+            await self._claim_loop()
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            await self._drain()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._slot_freed.set()
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.identity.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                claimed = await self.queue.claim(self.identity, free)
+            except Unavailable as exc:
+                log.warning("claim failed, retrying in %.1fs: %s", backoff, exc.message)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for task in claimed:
+                self._running[task.id] = asyncio.create_task(
+                    self._execute(task), name=f"task-{task.id}"
+                )
+            if not claimed:
+                waiter = asyncio.create_task(self.queue.wait_for_work(self.options.poll_interval))
+                stopper = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for pending in (waiter, stopper):
+                    pending.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.heartbeat_seconds)
+            try:
+                await self.queue.register(self.identity)
+                if self.maintenance is not None:
+                    await self.maintenance()
+            except Unavailable as exc:
+                log.warning("housekeeping skipped: %s", exc.message)
+
+    async def _drain(self) -> None:
+        if self._running:
+            log.info("waiting up to %.0fs for %d flows", self.options.grace_seconds, self.busy)
+            _, pending = await asyncio.wait(
+                list(self._running.values()), timeout=self.options.grace_seconds
+            )
+            if pending:
+                log.warning("grace period over: releasing %d unfinished tasks", len(pending))
+                for ctx in self._contexts.values():
+                    ctx.cancel()
+                for job in pending:
+                    job.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.queue.close()
+
+    async def _execute(self, task: Task) -> None:
+        try:
+            await self._attempt(task)
+        except asyncio.CancelledError:
+            await self._release(task, "worker stopped before the flow finished")
+            raise
+        except LeaseLost as exc:
+            log.warning("task %s: %s", task.id, exc.message)
+        finally:
+            self._running.pop(task.id, None)
+            self._contexts.pop(task.id, None)
+            self._slot_freed.set()
+
+    async def _release(self, task: Task, reason: str) -> None:
+        with contextlib.suppress(Unavailable, LeaseLost):
+            await asyncio.shield(self.queue.release(self.identity, task, reason))
+
+    async def _attempt(self, task: Task) -> None:
+        try:
+            flow_cls = self.flows.get(task.flow)
+            params = flow_cls.parse_params(task.params)
+            files = await self.files.open_attempt(task)
+        except (FlowNotFound, InvalidInput, FlowFailed) as exc:
+            await self._finish(task, "failed", error=exc.message)
+            return
+        ctx = RunContext(files, self.options.device, asyncio.get_running_loop())
+        self._contexts[task.id] = ctx
+        guards = [
+            asyncio.create_task(self._heartbeats(task, ctx)),
+            asyncio.create_task(self._progress(task, ctx)),
+        ]
+        try:
+            status, error, outputs = await self._run_flow(task, flow_cls, params, ctx, files)
+        finally:
+            for guard in guards:
+                guard.cancel()
+            await asyncio.gather(*guards, return_exceptions=True)
+        if ctx.lease_lost:
+            raise LeaseLost(f"task {task.id} attempt {task.attempt} was taken away; result dropped")
+        await self._finish(task, status, error=error, outputs=outputs)
+
+    async def _run_flow(
+        self, task: Task, flow_cls: type[Flow], params: object, ctx: RunContext, files: AttemptFiles
+    ) -> tuple[str, str | None, tuple[FileRef, ...]]:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._pool, flow_cls().run, ctx, params)
+        except FlowCancelled:
+            await self.files.discard_attempt(task, files)
+            return "cancelled", "cancelled on request", ()
+        except (FlowFailed, InvalidInput) as exc:
+            await self.files.discard_attempt(task, files)
+            return "failed", exc.message, ()
+        except Exception as exc:  # a flow's own bug must fail its task, not the worker
+            log.exception("flow %s crashed on task %s", task.flow, task.id)
+            await self.files.discard_attempt(task, files)
+            if ctx.cancelled() and not ctx.lease_lost:
+                return "cancelled", "cancelled on request", ()
+            return "failed", f"{type(exc).__name__}: {exc}", ()
+        if ctx.cancelled() and not ctx.lease_lost:
+            await self.files.discard_attempt(task, files)
+            return "cancelled", "cancelled on request", ()
+        return "succeeded", None, await self.files.close_attempt(task, files)
+
+    async def _finish(
+        self,
+        task: Task,
+        status: str,
+        *,
+        error: str | None = None,
+        outputs: tuple[FileRef, ...] = (),
+    ) -> None:
+        done = TaskDone(
+            task_id=task.id,
+            flow=task.flow,
+            owner=task.owner,
+            attempt=task.attempt,
+            status=status,  # type: ignore[arg-type]
+            error=error,
+            outputs=outputs,
+        )
+        await self._retrying(lambda: self.queue.report(self.identity, done), "report result")
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        """Keep trying through a database or NATS outage; the call must be idempotent."""
+        backoff = 0.2
+        while True:
+            try:
+                await call()
+                return
+            except Unavailable as exc:
+                log.warning("%s failed, retrying in %.1fs: %s", what, backoff, exc.message)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _heartbeats(self, task: Task, ctx: RunContext) -> None:
+        while True:
+            await asyncio.sleep(self.options.heartbeat_seconds)
+            try:
+                beat = await self.queue.heartbeat(self.identity, task)
+            except Unavailable as exc:
+                log.warning("heartbeat for %s failed: %s", task.id, exc.message)
+                continue
+            except LeaseLost as exc:
+                log.warning("task %s: %s; stopping its flow", task.id, exc.message)
+                ctx.lease_lost = True
+                ctx.cancel()
+                return
+            if beat.cancel_requested:
+                ctx.cancel()
+
+    async def _progress(self, task: Task, ctx: RunContext) -> None:
+        while True:
+            await ctx.changed.wait()
+            ctx.changed.clear()
+            latest = ctx.take_progress()
+            if latest is None:
+                continue
+            event = TaskProgress(
+                task_id=task.id,
+                flow=task.flow,
+                owner=task.owner,
+                attempt=task.attempt,
+                progress=latest[0],
+                message=latest[1],
+            )
+            try:
+                await self.queue.report(self.identity, event)
+            except Unavailable as exc:
+                log.debug("progress of %s dropped: %s", task.id, exc.message)
+            except LeaseLost as exc:
+                log.warning("task %s: %s; stopping its flow", task.id, exc.message)
+                ctx.lease_lost = True
+                ctx.cancel()
+                return
+            await asyncio.sleep(self.options.progress_interval)
