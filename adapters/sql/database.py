@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -22,11 +22,15 @@ from core.events import Event
 log = logging.getLogger(__name__)
 
 CommitListener = Callable[[Sequence[Event]], None]
+TxHook = Callable[["Tx", Sequence[Event]], Awaitable[None]]
 
 
 @dataclass
 class Tx:
+    """One write transaction; ``hooks`` run for every event appended inside it."""
+
     conn: AsyncConnection
+    hooks: Sequence[TxHook] = ()
     events: list[Event] = field(default_factory=list)
 
 
@@ -37,9 +41,15 @@ class Database:
         # SQLite has one writer: serialise writers here instead of failing with "locked".
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._listeners: list[CommitListener] = []
+        self._hooks: list[TxHook] = []
 
     def on_commit(self, listener: CommitListener) -> None:
+        """Call ``listener`` with the events of each committed write (no I/O in it)."""
         self._listeners.append(listener)
+
+    def in_transaction(self, hook: TxHook) -> None:
+        """Run ``hook`` inside each write that appends events (e.g. webhook delivery rows)."""
+        self._hooks.append(hook)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
@@ -47,7 +57,7 @@ class Database:
         async with lock:
             try:
                 async with self.engine.begin() as conn:
-                    tx = Tx(conn)
+                    tx = Tx(conn, tuple(self._hooks))
                     yield tx
             except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
                 if isinstance(exc, DBAPIError) and not _is_connection_error(exc):

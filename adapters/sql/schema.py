@@ -86,6 +86,9 @@ events = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    # transactional outbox: NULL until the relay has published the event to NATS
+    sa.Column("relayed_at", UtcDateTime, nullable=True),
+    sa.Index("ix_events_relay", "relayed_at", "seq"),
 )
 
 workers = sa.Table(

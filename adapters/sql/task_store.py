@@ -27,9 +27,9 @@ class SqlTaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def record(self, event: Event) -> Task:
+    async def record(self, event: Event, *, relayed_at: datetime | None = None) -> Task:
         async with self.db.write() as tx:
-            return await record_in(tx, event)
+            return await record_in(tx, event, relayed_at=relayed_at)
 
     async def get(self, task_id: uuid.UUID) -> Task:
         async with self.db.read() as conn:
@@ -125,7 +125,7 @@ async def load_for_update(tx: Tx, task_id: uuid.UUID) -> Task | None:
     return None if row is None else task_from_row(row)
 
 
-async def record_in(tx: Tx, event: Event) -> Task:
+async def record_in(tx: Tx, event: Event, *, relayed_at: datetime | None = None) -> Task:
     """Fold one event into its task inside ``tx``; a known event id is a no-op."""
     current = await load_for_update(tx, event.task_id)
     seen = await tx.conn.execute(sa.select(events.c.seq).where(events.c.id == event.id))
@@ -137,7 +137,7 @@ async def record_in(tx: Tx, event: Event) -> Task:
     if updated is current:  # already reflected (a duplicate under another id): log nothing
         return updated
     await write_task(tx, current, updated)
-    await append_event(tx, event)
+    await append_event(tx, event, relayed_at=relayed_at)
     return updated
 
 
@@ -150,12 +150,18 @@ async def write_task(tx: Tx, before: Task | None, after: Task) -> None:
         await tx.conn.execute(sa.update(tasks).where(tasks.c.id == after.id).values(**values))
 
 
-async def append_event(tx: Tx, event: Event) -> None:
-    await tx.conn.execute(sa.insert(events).values(**event_values(event)))
-    tx.events.append(event)
+async def append_event(tx: Tx, event: Event, *, relayed_at: datetime | None = None) -> None:
+    await append_events(tx, [event], relayed_at=relayed_at)
 
 
-async def append_events(tx: Tx, batch: Sequence[Event]) -> None:
-    if batch:
-        await tx.conn.execute(sa.insert(events), [event_values(e) for e in batch])
-        tx.events.extend(batch)
+async def append_events(
+    tx: Tx, batch: Sequence[Event], *, relayed_at: datetime | None = None
+) -> None:
+    """Append to the log; ``relayed_at`` marks events that are already on the bus."""
+    if not batch:
+        return
+    rows = [event_values(e) | {"relayed_at": relayed_at} for e in batch]
+    await tx.conn.execute(sa.insert(events), rows)
+    tx.events.extend(batch)
+    for hook in tx.hooks:
+        await hook(tx, batch)

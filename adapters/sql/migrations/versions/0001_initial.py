@@ -56,8 +56,10 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("at", UtcDateTime, nullable=False),
         sa.Column("body", sa.Text, nullable=False),
+        sa.Column("relayed_at", UtcDateTime, nullable=True),
     )
     op.create_index("ix_events_task_id", "events", ["task_id"])
+    op.create_index("ix_events_relay", "events", ["relayed_at", "seq"])
     op.create_table(
         "workers",
         sa.Column("id", Name, primary_key=True),
