@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     progress_interval: float = Field(default=0.2, ge=0)
     poll_interval: float = Field(default=2.0, gt=0, description="longest idle poll (no NOTIFY)")
     worker_offline_seconds: float = Field(default=60.0, gt=0)
+    grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish flows")
     nats_url: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     public_url: str | None = None

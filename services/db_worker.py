@@ -1,0 +1,119 @@
+"""A worker process on the database and the shared tasks folder (no NATS in the path)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from adapters.files.local import LocalTaskFiles
+from adapters.sql.database import Database
+from adapters.sql.engine import check_schema, make_engine
+from adapters.sql.task_store import SqlTaskStore
+from adapters.sql.wakeup import PollWaker
+from adapters.sql.work_queue import SqlWorkQueue
+from core.errors import ConfigError
+from core.ports import WorkerIdentity
+from core.settings import Settings
+from flows.device import detect_device
+from flows.registry import FlowRegistry, installed_flows
+from services.worker import Worker, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+def select_flows(registry: FlowRegistry, wanted: list[str] | None) -> tuple[str, ...]:
+    """The flows this worker asks for: all installed ones, or the named subset."""
+    if not wanted:
+        return registry.names()
+    missing = [name for name in wanted if name not in registry.flows]
+    if missing:
+        raise ConfigError(
+            f"--flows names flows that are not installed here: {', '.join(missing)}; "
+            f"installed: {', '.join(registry.names())}"
+        )
+    return tuple(dict.fromkeys(wanted))
+
+
+def worker_identity(
+    name: str | None, flows: tuple[str, ...], concurrency: int, owner: str | None, transport: str
+) -> WorkerIdentity:
+    host = socket.gethostname()
+    name = name or f"{host}-{os.getpid()}"
+    return WorkerIdentity(
+        id=f"{host}/{name}",
+        name=name,
+        host=host,
+        flows=flows,
+        concurrency=concurrency,
+        owner=owner,
+        transport=transport,
+    )
+
+
+def worker_options(settings: Settings) -> WorkerOptions:
+    return WorkerOptions(
+        heartbeat_seconds=settings.heartbeat_seconds,
+        progress_interval=settings.progress_interval,
+        poll_interval=settings.poll_interval,
+        grace_seconds=settings.grace_seconds,
+        device=detect_device(settings.device),
+    )
+
+
+def stop_on_signals(worker: Worker) -> None:
+    """SIGTERM/SIGINT: stop claiming, let running flows finish within the grace period."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+
+
+async def run_db_worker(
+    settings: Settings,
+    *,
+    name: str | None,
+    flows: list[str] | None,
+    concurrency: int,
+    owner: str | None,
+) -> None:
+    if settings.database_uri is None:
+        raise ConfigError("a database worker needs --db URI (the server's database)")
+    if settings.db_uri.startswith("sqlite"):
+        raise ConfigError(
+            "database workers need PostgreSQL or MariaDB, not SQLite; with SQLite run "
+            "'flowyard serve', which runs flows in its own process"
+        )
+    registry = installed_flows()
+    identity = worker_identity(
+        name, select_flows(registry, flows), concurrency, owner, transport="db"
+    )
+    engine = make_engine(settings.db_uri, pool_size=max(2, concurrency))
+    await check_schema(engine)
+    db = Database(engine)
+    store = SqlTaskStore(db)
+    queue = SqlWorkQueue(
+        store, PollWaker(settings.poll_interval), lease_seconds=settings.lease_seconds
+    )
+    worker = Worker(
+        identity,
+        queue,
+        LocalTaskFiles(settings.tasks_dir),
+        registry,
+        worker_options(settings),
+        maintenance=queue.reap,
+    )
+    stop_on_signals(worker)
+    log.info(
+        "worker %s on %s: flows %s, concurrency %d, owner %s",
+        identity.id,
+        engine.url.render_as_string(hide_password=True),
+        ",".join(identity.flows),
+        concurrency,
+        owner or "(all)",
+    )
+    try:
+        await worker.run()
+    finally:
+        await db.close()
