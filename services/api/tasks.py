@@ -39,7 +39,7 @@ async def create_task(request: Request, rt: Rt) -> TaskOut:
         new = NewTask(body.flow, body.params, body.priority, body.owner or _owner(rt))
         task = await rt.tasks.create(new)
         return TaskOut.of(task)
-    if content_type.startswith("multipart/form-data"):
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         async with request.form(max_files=MAX_INPUTS, max_fields=32) as form:
             new, files = _parse_form(form, _owner(rt))
             rt.tasks.validate(new, len(files))
@@ -47,7 +47,7 @@ async def create_task(request: Request, rt: Rt) -> TaskOut:
             task = await rt.tasks.create(new, uploads)
         return TaskOut.of(task)
     raise InvalidInput(
-        "content-type: send multipart/form-data (with files) or application/json",
+        "content-type: send multipart/form-data (with files), a urlencoded form or JSON",
         field="content-type",
     )
 

@@ -1,0 +1,335 @@
+"""Async client for the flowyard HTTP API.
+
+Error responses become the ``core.errors`` type the server raised, so a command
+handles one error tree whether a failure happened here or on the server. Files
+move as streams in both directions: the CLI never holds a whole input or output
+in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, BinaryIO, Self
+from urllib.parse import quote
+
+import aiofiles
+import aiofiles.os
+import httpx
+import typer
+from httpx_sse import EventSource, aconnect_sse
+
+from core import errors
+from core.errors import (
+    ConfigError,
+    Conflict,
+    FlowyardError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    UnsafeFileName,
+    UploadTooLarge,
+)
+
+DEFAULT_SERVER = "http://127.0.0.1:8288"
+SERVER_ENVVAR = "FLOWYARD_SERVER"
+
+ServerOption = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar=SERVER_ENVVAR,
+        metavar="URL",
+        show_envvar=True,
+        help="Base URL of the flowyard server.",
+    ),
+]
+
+# One request may take a while (a large upload), but a dead server must not hang us.
+_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# An event stream is idle for as long as the task waits: no read timeout.
+_STREAM_TIMEOUT = httpx.Timeout(30.0, connect=10.0, read=None)
+_CHUNK_SIZE = 1 << 16
+
+# (file name sent to the server, open binary file, media type)
+Upload = tuple[str, BinaryIO, str]
+
+_ERROR_TYPES: dict[str, type[FlowyardError]] = {
+    name: value
+    for name, value in vars(errors).items()
+    if isinstance(value, type) and issubclass(value, FlowyardError)
+}
+_STATUS_BASES: dict[int, type[FlowyardError]] = {
+    400: InvalidInput,
+    404: NotFound,
+    409: Conflict,
+    413: UploadTooLarge,
+    422: InvalidInput,
+}
+
+
+def error_from_response(status: int, body: Any, reason: str = "") -> FlowyardError:
+    """The ``core.errors`` instance for an error response (``body`` is its decoded JSON or text).
+
+    The body's ``type`` picks a subclass only when it fits the status, so a confused
+    server cannot turn a 404 into, say, a ``Conflict``.
+    """
+    detail, field, type_name = _error_parts(body)
+    if status >= 500:
+        text = detail or reason or "no detail"
+        # 502/503/504 mean "try again later": the waiting loop reconnects on Unavailable.
+        cls = Unavailable if status in (502, 503, 504) else FlowyardError
+        return cls(f"server error {status}: {text}")
+    base = _STATUS_BASES.get(status)
+    if base is None:
+        return FlowyardError(f"request failed with status {status}: {detail or reason}")
+    named = _ERROR_TYPES.get(type_name or "")
+    cls = named if named is not None and issubclass(named, base) else base
+    if issubclass(cls, InvalidInput):
+        return cls(detail, field=field)
+    return cls(detail)
+
+
+def _error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
+    """(detail, field, type) from an error body, including FastAPI's validation list."""
+    if not isinstance(body, Mapping):
+        text = body.strip()[:300] if isinstance(body, str) else ""
+        return text or None, None, None
+    detail = body.get("detail")
+    field = body.get("field") if isinstance(body.get("field"), str) else None
+    type_name = body.get("type") if isinstance(body.get("type"), str) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], Mapping):
+        first = detail[0]
+        loc = [str(part) for part in first.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "form", "header"):
+            loc = loc[1:]
+        field = field or ".".join(loc) or None
+        message = str(first.get("msg", "invalid value"))
+        detail = f"{field}: {message}" if field else message
+    elif detail is not None and not isinstance(detail, str):
+        detail = json.dumps(detail)
+    return detail or None, field, type_name
+
+
+def safe_output_name(name: str) -> str:
+    """Refuse output names that would write outside the target folder."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UnsafeFileName(f"the server sent an unsafe output file name: {name!r}", field="name")
+    return name
+
+
+class ApiClient:
+    """The HTTP API as async methods; use as ``async with ApiClient(url) as api``."""
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        timeout: httpx.Timeout | float = _TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.server = _check_server(server)
+        self._http = httpx.AsyncClient(
+            base_url=self.server,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "flowyard-cli"},
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- plain requests --------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        return await self._get_json("/api/health")
+
+    async def list_flows(self) -> list[dict[str, Any]]:
+        return (await self._get_json("/api/flows"))["items"]
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        return (await self._get_json("/api/workers"))["items"]
+
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        flow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """One page: ``{"items", "limit", "offset", "next_offset"}``, newest first."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = state
+        if flow:
+            params["flow"] = flow
+        return await self._get_json("/api/tasks", params=params)
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        return await self._get_json(_task_path(task_id))
+
+    async def task_events(self, task_id: str) -> list[dict[str, Any]]:
+        return (await self._get_json(f"{_task_path(task_id)}/events"))["items"]
+
+    async def cancel_task(self, task_id: str) -> dict[str, Any]:
+        return _json(await self._request("POST", f"{_task_path(task_id)}/cancel"))
+
+    async def delete_task(self, task_id: str) -> None:
+        await self._request("DELETE", _task_path(task_id))
+
+    async def create_task(
+        self,
+        flow: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        owner: str | None = None,
+        inputs: Sequence[Upload] = (),
+    ) -> dict[str, Any]:
+        """Submit a task: JSON without files, multipart (files streamed from disk) with them."""
+        if not inputs:
+            body = {"flow": flow, "params": dict(params or {})}
+            body |= {k: v for k, v in (("priority", priority), ("owner", owner)) if v is not None}
+            return _json(await self._request("POST", "/api/tasks", json=body))
+        data = {"flow": flow, "params": json.dumps(dict(params or {}), allow_nan=False)}
+        if priority is not None:
+            data["priority"] = str(priority)
+        if owner is not None:
+            data["owner"] = owner
+        files = [("inputs", (name, handle, media_type)) for name, handle, media_type in inputs]
+        return _json(await self._request("POST", "/api/tasks", data=data, files=files))
+
+    # -- streams ---------------------------------------------------------
+
+    async def download_output(self, task_id: str, output: Mapping[str, Any], folder: Path) -> Path:
+        """Stream one output into ``folder`` under a temp name, renamed once complete."""
+        name = safe_output_name(str(output.get("name", "")))
+        url = output.get("url") or f"{_task_path(task_id)}/outputs/{quote(name, safe='')}"
+        target = folder / name
+        partial = folder / f".{name}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            async with self._http.stream("GET", url) as response:
+                await _raise_for_error(response)
+                async with aiofiles.open(partial, "wb") as sink:
+                    async for chunk in response.aiter_bytes(_CHUNK_SIZE):
+                        await sink.write(chunk)
+            await aiofiles.os.replace(partial, target)
+        finally:
+            with suppress(FileNotFoundError):
+                await aiofiles.os.remove(partial)
+        return target
+
+    @asynccontextmanager
+    async def open_event_stream(
+        self, task_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Connect to the task's event stream; on entry the server has answered.
+
+        Separate from iterating so a caller can fetch the task *after* the stream is
+        open and miss nothing in between.
+        """
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        async with aconnect_sse(
+            self._http,
+            "GET",
+            "/api/events/stream",
+            params={"task": task_id},
+            headers=headers,
+            timeout=_STREAM_TIMEOUT,
+        ) as source:
+            await _raise_for_error(source.response)
+            content_type = source.response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                raise FlowyardError(
+                    f"{self.server}/api/events/stream answered with "
+                    f"{content_type or 'no content type'}, not an event stream"
+                )
+            events = _decode_events(source)
+            try:
+                yield events
+            finally:
+                await events.aclose()
+
+    async def stream_events(self, task_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The task's events as they happen (decoded JSON), until the server closes."""
+        async with self.open_event_stream(task_id) as events:
+            async for event in events:
+                yield event
+
+    # -- internals -------------------------------------------------------
+
+    async def _get_json(self, url: str, **kwargs: Any) -> Any:
+        return _json(await self._request("GET", url, **kwargs))
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = await self._http.request(method, url, **kwargs)
+        await _raise_for_error(response)
+        return response
+
+
+def _check_server(server: str) -> str:
+    """Fail early and clearly on a URL httpx would reject with a confusing message."""
+    try:
+        url = httpx.URL(server)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"invalid --server URL {server!r}: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            f"--server must be an http(s) URL such as {DEFAULT_SERVER}, got {server!r}"
+        )
+    return str(url).rstrip("/")
+
+
+def _task_path(task_id: str) -> str:
+    return f"/api/tasks/{quote(task_id, safe='')}"
+
+
+async def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    await response.aread()
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    raise error_from_response(response.status_code, body, response.reason_phrase)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise FlowyardError(
+            f"the server sent invalid JSON for {response.request.method} {response.request.url}"
+        ) from exc
+
+
+async def _decode_events(source: EventSource) -> AsyncGenerator[dict[str, Any], None]:
+    """Decoded event JSON; keep-alive comments (and id-only messages) carry no data."""
+    async for message in source.aiter_sse():
+        if not message.data:
+            continue
+        try:
+            event = json.loads(message.data)
+        except ValueError as exc:
+            raise FlowyardError(
+                f"undecodable event from the server: {message.data[:80]!r}"
+            ) from exc
+        if isinstance(event, dict):
+            yield event

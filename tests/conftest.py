@@ -1,0 +1,3 @@
+"""Root conftest: wires in the shared test plugins (add yours to the list)."""
+
+pytest_plugins = ["tests.support.fixtures"]

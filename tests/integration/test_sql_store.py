@@ -1,0 +1,193 @@
+"""One contract suite for the SQL store and queue, run on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.sql.database import Database
+from adapters.sql.engine import check_schema, make_engine, upgrade
+from adapters.sql.task_store import SqlTaskStore
+from adapters.sql.wakeup import PollWaker
+from adapters.sql.work_queue import SqlWorkQueue
+from core.errors import Conflict, LeaseLost, SchemaMissing, TaskNotFound
+from core.events import FileRef, TaskCreated, TaskDone, TaskProgress, utcnow
+from core.ports import WorkerIdentity
+from core.task import TaskState, rebuild
+
+WORKER = WorkerIdentity(id="h/w1", name="w1", host="h", flows=("debug.sleep", "image.blur"))
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def db_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    fixture = "pg_uri" if request.param == "postgres" else "mariadb_uri"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+async def queue(db_uri: str) -> AsyncIterator[SqlWorkQueue]:
+    engine = make_engine(db_uri)
+    await upgrade(engine)
+    db = Database(engine)
+    yield SqlWorkQueue(SqlTaskStore(db), PollWaker(0.1), lease_seconds=30)
+    await db.close()
+
+
+def new_task(flow: str = "debug.sleep", priority: int = 0, owner: str = "admin") -> TaskCreated:
+    return TaskCreated(
+        task_id=uuid.uuid4(),
+        flow=flow,
+        owner=owner,
+        priority=priority,
+        params={"seconds": 0},
+        inputs=(FileRef(name="a.png", path="inputs/a.png", size=3, input="image"),),
+    )
+
+
+async def test_migrations_are_idempotent_and_checked(db_uri: str) -> None:
+    engine = make_engine(db_uri)
+    try:
+        with pytest.raises(SchemaMissing, match="no flowyard schema"):
+            await check_schema(engine)
+        await upgrade(engine)
+        await upgrade(engine)
+        await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_task_round_trip(queue: SqlWorkQueue) -> None:
+    store = queue.store
+    event = new_task(priority=3)
+    task = await store.record(event)
+    again = await store.get(task.id)
+    assert again == task
+    assert again.inputs == event.inputs
+    assert again.created_at == event.at  # microseconds and UTC survive every dialect
+    assert again.params == {"seconds": 0}
+    assert [e.id for e in await store.events(task.id)] == [event.id]
+    assert await store.record(event) == task  # same event again: nothing changes
+    assert len(await store.events(task.id)) == 1
+    with pytest.raises(TaskNotFound):
+        await store.get(uuid.uuid4())
+
+
+async def test_claim_order_filters_and_batch(queue: SqlWorkQueue) -> None:
+    store = queue.store
+    low = await store.record(new_task(priority=0))
+    high = await store.record(new_task(priority=9))
+    await store.record(new_task(flow="image.edges"))  # a flow this worker lacks
+    theirs = await store.record(new_task(owner="bob"))
+    mine_only = WorkerIdentity(id="h/w2", name="w2", host="h", flows=("debug.sleep",), owner="ann")
+    assert await queue.claim(mine_only, 10) == []
+    claimed = await queue.claim(WORKER, 2)
+    assert [t.id for t in claimed] == [high.id, low.id]
+    assert all(t.state is TaskState.running and t.attempt == 1 for t in claimed)
+    rest = await queue.claim(WORKER, 10)
+    assert [t.id for t in rest] == [theirs.id]
+    assert await queue.claim(WORKER, 10) == []
+
+
+async def test_concurrent_claims_never_share_a_task(queue: SqlWorkQueue) -> None:
+    ids = {(await queue.store.record(new_task())).id for _ in range(40)}
+    workers = [
+        WorkerIdentity(id=f"h/w{i}", name=f"w{i}", host="h", flows=("debug.sleep",))
+        for i in range(4)
+    ]
+
+    async def drain(worker: WorkerIdentity) -> list[uuid.UUID]:
+        got: list[uuid.UUID] = []
+        while batch := await queue.claim(worker, 3):
+            got.extend(t.id for t in batch)
+        return got
+
+    results = await asyncio.gather(*(drain(w) for w in workers))
+    claimed = [task_id for result in results for task_id in result]
+    assert sorted(claimed) == sorted(ids)
+
+
+async def test_lease_fencing_and_reaping(queue: SqlWorkQueue) -> None:
+    store = queue.store
+    task = await store.record(new_task())
+    [first] = await queue.claim(WORKER, 1)
+    assert (await queue.heartbeat(WORKER, first)).cancel_requested is False
+    assert await queue.reap(utcnow() + timedelta(seconds=60)) == 1
+    with pytest.raises(LeaseLost):
+        await queue.heartbeat(WORKER, first)
+    other = WorkerIdentity(id="h/w9", name="w9", host="h", flows=("debug.sleep",))
+    [second] = await queue.claim(other, 1)
+    assert second.attempt == 2
+    late = TaskDone(task_id=task.id, flow=task.flow, attempt=1, status="succeeded")
+    with pytest.raises(LeaseLost):
+        await queue.report(WORKER, late)
+    await queue.report(
+        other, TaskProgress(task_id=task.id, flow=task.flow, attempt=2, progress=0.5)
+    )
+    await queue.report(
+        other, TaskDone(task_id=task.id, flow=task.flow, attempt=2, status="succeeded")
+    )
+    final = await store.get(task.id)
+    assert final.state is TaskState.succeeded
+    assert final.attempt == 2
+    events = await store.events(task.id)
+    assert [e.type for e in events].count("task.done") == 1
+    rebuilt = rebuild(list(events))
+    assert rebuilt is not None
+    assert rebuilt.model_dump(exclude={"lease_expires_at"}) == final.model_dump(
+        exclude={"lease_expires_at"}
+    )
+    with pytest.raises(Conflict):  # finished: a stale result cannot reopen it
+        await store.record(TaskDone(task_id=task.id, flow=task.flow, attempt=1, status="failed"))
+
+
+async def test_attempts_run_out(queue: SqlWorkQueue) -> None:
+    store = queue.store
+    event = new_task()
+    await store.record(event.model_copy(update={"max_attempts": 2}))
+    for _ in range(2):
+        assert len(await queue.claim(WORKER, 1)) == 1
+        await queue.reap(utcnow() + timedelta(seconds=60))
+    task = await store.get(event.task_id)
+    assert task.state is TaskState.failed
+    assert "no attempts left" in (task.error or "")
+
+
+async def test_release_and_worker_registry(queue: SqlWorkQueue) -> None:
+    await queue.register(WORKER)
+    await queue.register(WORKER)
+    rows = await queue.store.workers()
+    assert [(r["id"], r["flows"]) for r in rows] == [("h/w1", ["debug.sleep", "image.blur"])]
+    task = await queue.store.record(new_task())
+    [claimed] = await queue.claim(WORKER, 1)
+    await queue.release(WORKER, claimed, "shutting down")
+    assert (await queue.store.get(task.id)).state is TaskState.queued
+    [again] = await queue.claim(WORKER, 1)
+    assert again.attempt == 2
+
+
+async def test_event_log_sequence(queue: SqlWorkQueue) -> None:
+    store = queue.store
+    start = await store.last_seq()
+    task = await store.record(new_task())
+    await queue.claim(WORKER, 1)
+    entries = await store.events_after(start)
+    assert [e.type for _, e in entries] == ["task.created", "task.claimed"]
+    assert entries[0][0] < entries[1][0]
+    assert all(e.task_id == task.id for _, e in entries)
+    async with store.db.read() as conn:
+        pending = await conn.scalar(sa.text("SELECT COUNT(*) FROM events WHERE relayed_at IS NULL"))
+    assert pending == 2
