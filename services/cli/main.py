@@ -81,11 +81,13 @@ def build_app(*, include_server: bool = True) -> typer.Typer:
 
 def _register_server_commands(app: typer.Typer) -> None:
     """Server commands pull in the API and the database; imported here, not at the top."""
+    from services.cli.db import db_app
     from services.cli.serve import serve_command
     from services.cli.worker import worker_command
 
     app.command("serve")(serve_command)
     app.command("worker")(worker_command)
+    app.add_typer(db_app, name="db")
 
 
 def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> int:
