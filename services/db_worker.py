@@ -12,13 +12,14 @@ from adapters.files.local import LocalTaskFiles
 from adapters.sql.database import Database
 from adapters.sql.engine import check_schema, make_engine
 from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.wakeup import PollWaker
-from adapters.sql.work_queue import SqlWorkQueue
+from adapters.sql.wakeup import PgNotifyWaker, PollWaker, install_pg_notifier, listen_uri
+from adapters.sql.work_queue import SqlWorkQueue, Waker
 from core.errors import ConfigError
 from core.ports import WorkerIdentity
 from core.settings import Settings
 from flows.device import detect_device
 from flows.registry import FlowRegistry, installed_flows
+from services.webhook_service import install_webhooks
 from services.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,26 @@ async def run_db_worker(
     identity = worker_identity(
         name, select_flows(registry, flows), concurrency, owner, transport="db"
     )
-    engine = make_engine(settings.db_uri, pool_size=max(2, concurrency))
+    # a connection per slot plus the claim loop, housekeeping and NOTIFY: a smaller pool
+    # overflows, and overflow connections are closed after use (a reconnect per task).
+    # No pre-ping: a worker retries every call, so a dead pooled connection costs one retry.
+    engine = make_engine(settings.db_uri, pool_size=concurrency + 3, pre_ping=False)
     await check_schema(engine)
     db = Database(engine)
+    install_webhooks(db, settings)  # this worker's events create their webhook deliveries
+    # requeues by this worker's reaper wake other workers; its events wake the server's tailer
+    notifier = install_pg_notifier(db)
+    waker: Waker
+    if db.dialect == "postgresql":
+        listener = PgNotifyWaker(
+            listen_uri(engine), settings.poll_interval, payloads=identity.flows
+        )
+        await listener.start()
+        waker = listener
+    else:
+        waker = PollWaker(settings.poll_interval)
     store = SqlTaskStore(db)
-    queue = SqlWorkQueue(
-        store, PollWaker(settings.poll_interval), lease_seconds=settings.lease_seconds
-    )
+    queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
     worker = Worker(
         identity,
         queue,
@@ -116,4 +130,6 @@ async def run_db_worker(
     try:
         await worker.run()
     finally:
+        if notifier is not None:
+            await notifier.close()
         await db.close()

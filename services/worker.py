@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from core.errors import (
     FlowCancelled,
@@ -34,6 +35,8 @@ from services.run_context import RunContext
 log = logging.getLogger(__name__)
 
 Maintenance = Callable[[], Awaitable[object]]
+T = TypeVar("T")
+FINISH_SECONDS = 5.0
 
 
 class FlowSource:
@@ -142,6 +145,8 @@ class Worker:
                     await self.maintenance()
             except Unavailable as exc:
                 log.warning("housekeeping skipped: %s", exc.message)
+            except Exception:  # one bad round must not stop registering and reaping for good
+                log.exception("housekeeping round failed")
 
     async def _drain(self) -> None:
         if self._running:
@@ -239,6 +244,7 @@ class Worker:
             status=status,  # type: ignore[arg-type]
             error=error,
             outputs=outputs,
+            worker_id=self.identity.id,
         )
         await self._retrying(lambda: self.queue.report(self.identity, done), "report result")
 
@@ -258,7 +264,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.options.heartbeat_seconds)
             try:
-                beat = await self.queue.heartbeat(self.identity, task)
+                beat = await finish_despite_cancel(self.queue.heartbeat(self.identity, task))
             except Unavailable as exc:
                 log.warning("heartbeat for %s failed: %s", task.id, exc.message)
                 continue
@@ -273,6 +279,8 @@ class Worker:
     async def _progress(self, task: Task, ctx: RunContext) -> None:
         while True:
             await ctx.changed.wait()
+            # throttled from the first change on: a flow done within one interval sends none
+            await asyncio.sleep(self.options.progress_interval)
             ctx.changed.clear()
             latest = ctx.take_progress()
             if latest is None:
@@ -286,7 +294,7 @@ class Worker:
                 message=latest[1],
             )
             try:
-                await self.queue.report(self.identity, event)
+                await finish_despite_cancel(self.queue.report(self.identity, event))
             except Unavailable as exc:
                 log.debug("progress of %s dropped: %s", task.id, exc.message)
             except LeaseLost as exc:
@@ -294,4 +302,23 @@ class Worker:
                 ctx.lease_lost = True
                 ctx.cancel()
                 return
-            await asyncio.sleep(self.options.progress_interval)
+
+
+async def finish_despite_cancel(call: Awaitable[T]) -> T:
+    """Let a short database call end even when the caller is cancelled meanwhile, then cancel.
+
+    Cancelling a query mid-flight makes the driver cancel it on the server and the
+    pool throw the connection away: one reconnect per task when a flow ends while
+    its progress is being written. Finishing a call of a few milliseconds is cheaper,
+    and the progress event then lands before the task's result. A call that hangs
+    (an unreachable database) is cancelled after ``FINISH_SECONDS`` all the same.
+    """
+    inner = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        _, pending = await asyncio.wait({inner}, timeout=FINISH_SECONDS)
+        for job in pending:
+            job.cancel()
+        await asyncio.gather(inner, return_exceptions=True)
+        raise

@@ -97,31 +97,39 @@ class LocalTaskFiles:
         self.root = root
 
     async def open_attempt(self, task: Task) -> AttemptFiles:
-        folder = self.root / str(task.id)
-        if not await aiofiles.os.path.isdir(folder):
-            raise FlowFailed(
-                f"task folder {folder} is missing on this worker: its files folder must be "
-                "the server's tasks folder (mount it and pass the same path with --files)"
-            )
-        inputs: dict[str, Path] = {}
-        for ref in task.inputs:
-            path = folder / ref.path
-            if not await aiofiles.os.path.isfile(path):
-                raise FlowFailed(f"input {ref.name!r} is missing from {folder}")
-            inputs[ref.input or ref.name] = path
-        attempt = folder / "attempts" / str(task.attempt)
-        outputs, scratch = attempt / "outputs", attempt / "scratch"
-        await asyncio.to_thread(shutil.rmtree, attempt, True)
-        await aiofiles.os.makedirs(outputs, exist_ok=True)
-        await aiofiles.os.makedirs(scratch, exist_ok=True)
-        return AttemptFiles(inputs=inputs, outputs=outputs, scratch=scratch)
+        # one trip to a thread for all of it: each trip costs a wake-up of the event loop
+        return await asyncio.to_thread(_open_attempt, self.root / str(task.id), task)
 
     async def close_attempt(self, task: Task, files: AttemptFiles) -> tuple[FileRef, ...]:
-        await asyncio.to_thread(shutil.rmtree, files.scratch, True)
-        return await asyncio.to_thread(_collect, self.root / str(task.id), files.outputs)
+        return await asyncio.to_thread(_close_attempt, self.root / str(task.id), files)
 
     async def discard_attempt(self, task: Task, files: AttemptFiles) -> None:
         await asyncio.to_thread(shutil.rmtree, files.scratch, True)
+
+
+def _open_attempt(folder: Path, task: Task) -> AttemptFiles:
+    if not folder.is_dir():
+        raise FlowFailed(
+            f"task folder {folder} is missing on this worker: its files folder must be "
+            "the server's tasks folder (mount it and pass the same path with --files)"
+        )
+    inputs: dict[str, Path] = {}
+    for ref in task.inputs:
+        path = folder / ref.path
+        if not path.is_file():
+            raise FlowFailed(f"input {ref.name!r} is missing from {folder}")
+        inputs[ref.input or ref.name] = path
+    attempt = folder / "attempts" / str(task.attempt)
+    outputs, scratch = attempt / "outputs", attempt / "scratch"
+    shutil.rmtree(attempt, ignore_errors=True)
+    outputs.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    return AttemptFiles(inputs=inputs, outputs=outputs, scratch=scratch)
+
+
+def _close_attempt(task_dir: Path, files: AttemptFiles) -> tuple[FileRef, ...]:
+    shutil.rmtree(files.scratch, ignore_errors=True)
+    return _collect(task_dir, files.outputs)
 
 
 def _collect(task_dir: Path, outputs: Path) -> tuple[FileRef, ...]:

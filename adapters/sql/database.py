@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ class Database:
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._listeners: list[CommitListener] = []
         self._hooks: list[TxHook] = []
+        # monotonic time of the last connection failure: reapers hold off after an outage
+        self.unavailable_at: float | None = None
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call ``listener`` with the events of each committed write (no I/O in it)."""
@@ -62,6 +65,7 @@ class Database:
             except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
                 if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
                     raise
+                self.unavailable_at = time.monotonic()
                 raise unavailable(self.engine, exc) from exc
         if tx.events:
             self.notify(tx.events)
@@ -74,6 +78,7 @@ class Database:
         except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
             if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
                 raise
+            self.unavailable_at = time.monotonic()
             raise unavailable(self.engine, exc) from exc
 
     def notify(self, events: Sequence[Event]) -> None:

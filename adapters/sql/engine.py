@@ -26,10 +26,15 @@ from core.settings import normalise_database_uri
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(uri: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An async engine for any supported URI (``sqlite``, ``postgresql``, ``mysql``/``mariadb``)."""
+def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+    """An async engine for any supported URI (``sqlite``, ``postgresql``, ``mysql``/``mariadb``).
+
+    ``pre_ping`` tests each pooled connection before use (one round trip per
+    transaction) so the first request after a database restart does not fail;
+    processes that retry every call anyway (workers) can leave it off.
+    """
     url = make_url(normalise_database_uri(uri))
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,31 @@
 ``PollWaker`` is the fallback for every database (MariaDB has no NOTIFY): an idle
 worker polls with exponential backoff up to ``poll_interval``, and polls fast
 again as soon as a claim finds work, so an idle fleet barely loads the database.
+
+On PostgreSQL, ``PgNotifier`` (a ``Database`` hook) sends ``NOTIFY flowyard_work``
+with the flow as payload when a task becomes claimable, inside the transaction
+that made it so, and ``PgNotifyWaker`` (one LISTEN connection per process)
+wakes idle workers within milliseconds. NOTIFY is a hint: the slow poll stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
+from collections.abc import Collection, Sequence
+
+import psycopg
+import psycopg.sql
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.sql.database import Database, Tx
+from core.events import Event
+
+log = logging.getLogger(__name__)
 
 
 class PollWaker:
@@ -33,3 +52,230 @@ class PollWaker:
 
     async def close(self) -> None:
         self._kick.set()
+
+
+WORK_CHANNEL = "flowyard_work"
+"""NOTIFY channel for claimable work; the payload is the task's flow."""
+
+EVENTS_CHANNEL = "flowyard_events"
+"""NOTIFY channel for 'the event log grew' (the server's event tailer listens)."""
+
+WORK_EVENTS = frozenset({"task.created", "task.requeued"})
+
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+_MAX_SUPPRESSED = 10_000
+FIRST_LISTEN_SECONDS = 5.0
+
+
+def listen_uri(engine: AsyncEngine) -> str:
+    """The engine's URL for plain psycopg: ``postgresql+psycopg://`` becomes ``postgresql://``."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgNotifyWaker:
+    """LISTEN on a dedicated connection: idle workers start new work within milliseconds.
+
+    NOTIFY is only a hint (it is lost while the connection is down), so ``wait``
+    always returns after ``max_wait`` as a slow poll, and while the listening
+    connection is down the waker polls with backoff like ``PollWaker`` and
+    reconnects in the background. After every (re)connect it wakes once, for
+    whatever was committed while nobody listened.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        poll_interval: float,
+        *,
+        channel: str = WORK_CHANNEL,
+        payloads: Collection[str] | None = None,
+        min_interval: float = 0.05,
+        reconnect_max: float = 5.0,
+    ) -> None:
+        self._uri = uri
+        self._channel = channel
+        self._payloads = frozenset(payloads) if payloads is not None else None
+        self._max = poll_interval
+        self._min = min(min_interval, poll_interval)
+        self._next = self._min
+        self._reconnect_max = reconnect_max
+        self._kick = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._listening = False
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    async def start(self) -> None:
+        """Start listening in the background; wait (bounded) for the first LISTEN."""
+        self._task = asyncio.create_task(self._listen_forever(), name=f"listen-{self._channel}")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait(
+            {ready, self._task}, timeout=FIRST_LISTEN_SECONDS, return_when=asyncio.FIRST_COMPLETED
+        )
+        ready.cancel()
+        if not self._listening:
+            log.warning("LISTEN %s is not ready yet: polling meanwhile", self._channel)
+
+    def clear(self) -> None:
+        self._kick.clear()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def found_work(self, found: bool) -> None:
+        self._next = self._min if found else min(self._next * 2, self._max)
+
+    async def wait(self, max_wait: float) -> None:
+        timeout = max_wait if self._listening else min(self._next, max_wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kick.wait(), timeout)
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._kick.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        while not self._closed.is_set():
+            try:
+                await self._listen()
+                backoff = 0.1
+            except (psycopg.Error, OSError) as exc:
+                reason = (
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                log.warning(
+                    "LISTEN %s lost (%s): polling, reconnecting in %.1fs",
+                    self._channel,
+                    reason,
+                    backoff,
+                )
+            finally:
+                self._listening = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), backoff)
+            backoff = min(backoff * 2, self._reconnect_max)
+
+    async def _listen(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(
+            self._uri,
+            autocommit=True,
+            connect_timeout=5,
+            # a silently dead peer (no RST) is noticed within about 20 s
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=2,
+        )
+        async with conn:
+            await conn.execute(
+                psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
+            )
+            self._listening = True
+            self._ready.set()
+            self._kick.set()  # whatever was committed while nobody listened
+            async for note in conn.notifies():
+                if self._payloads is None or note.payload in self._payloads:
+                    self._kick.set()
+
+
+class PgNotifier:
+    """Sends NOTIFY for appended events inside their transaction, debounced River-style.
+
+    Per (channel, payload), at most one NOTIFY per ``window`` rides in a
+    transaction (NOTIFY takes a global lock at commit, so we keep it rare). A
+    suppressed one is not lost: once its transaction committed, a trailing
+    NOTIFY goes out at the end of the window, outside any transaction.
+    Install with ``db.in_transaction(notifier)`` and ``db.on_commit(notifier.on_commit)``.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, window: float = 0.1, events: bool = True) -> None:
+        self._engine = engine
+        self._window = window
+        self._events = events
+        self._sent: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[uuid.UUID, set[tuple[str, str]]] = {}
+        self._pending: set[tuple[str, str]] = set()
+        self._trailing: asyncio.Task[None] | None = None
+
+    def _keys(self, batch: Sequence[Event]) -> dict[tuple[str, str], uuid.UUID]:
+        """Each channel/payload of the batch, with the id of an event that needs it."""
+        keys: dict[tuple[str, str], uuid.UUID] = {}
+        for event in batch:
+            if event.type in WORK_EVENTS:
+                keys.setdefault((WORK_CHANNEL, event.flow), event.id)
+            if self._events:
+                keys.setdefault((EVENTS_CHANNEL, ""), event.id)
+        return keys
+
+    async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
+        now = asyncio.get_running_loop().time()
+        for key, event_id in self._keys(batch).items():
+            last = self._sent.get(key)
+            if last is not None and now - last < self._window:
+                self._suppressed.setdefault(event_id, set()).add(key)
+                continue
+            self._sent[key] = now
+            await tx.conn.execute(_NOTIFY, {"channel": key[0], "payload": key[1]})
+        if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
+            for keys in self._suppressed.values():
+                self._pending.update(keys)
+            self._suppressed.clear()
+
+    def on_commit(self, events: Sequence[Event]) -> None:
+        """Commit listener: schedule the trailing NOTIFY of what this commit had suppressed."""
+        if self._suppressed:
+            for event in events:
+                self._pending.update(self._suppressed.pop(event.id, ()))
+        if self._pending and (self._trailing is None or self._trailing.done()):
+            self._trailing = asyncio.get_running_loop().create_task(
+                self._send_trailing(), name="pg-notify-trailing"
+            )
+
+    async def _send_trailing(self) -> None:
+        while self._pending:
+            loop = asyncio.get_running_loop()
+            last = max((self._sent.get(k, 0.0) for k in self._pending), default=0.0)
+            await asyncio.sleep(max(0.0, last + self._window - loop.time()))
+            keys, self._pending = self._pending, set()
+            await self._send(keys)
+
+    async def _send(self, keys: set[tuple[str, str]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for key in keys:
+            self._sent[key] = now
+        try:
+            async with self._engine.connect() as conn:
+                for channel, payload in sorted(keys):
+                    await conn.execute(_NOTIFY, {"channel": channel, "payload": payload})
+                await conn.commit()
+        except (SQLAlchemyError, OSError) as exc:  # a hint only: pollers catch up
+            log.debug("trailing NOTIFY failed: %s", exc)
+
+    async def close(self) -> None:
+        """Send what is still pending now, so a stopping process loses no wake-up."""
+        if self._trailing is not None and not self._trailing.done():
+            self._trailing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trailing
+        if self._pending:
+            keys, self._pending = self._pending, set()
+            await self._send(keys)
+
+
+def install_pg_notifier(db: Database, *, events: bool = True) -> PgNotifier | None:
+    """Wire NOTIFY into ``db``'s writes on PostgreSQL; other databases get nothing."""
+    if db.dialect != "postgresql":
+        return None
+    notifier = PgNotifier(db.engine, events=events)
+    db.in_transaction(notifier)
+    db.on_commit(notifier.on_commit)
+    return notifier

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import nats
 import nats.errors
+from nats.aio.client import Client as NatsClient
 
 from tests.support.ports import (
     free_port,
@@ -166,15 +166,17 @@ class NatsServer:
         return cmd
 
     async def _probe(self) -> None:
-        nc = await nats.connect(
-            self.url,
-            connect_timeout=1,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            error_cb=_quiet,
-            **self.connect_options,
-        )
+        # Client() + close() in finally: nats.connect() leaks its transport when
+        # the first connect fails with allow_reconnect=False (nats-py 2.16).
+        nc = NatsClient()
         try:
+            await nc.connect(
+                self.url,
+                connect_timeout=1,
+                allow_reconnect=False,
+                error_cb=_quiet,
+                **self.connect_options,
+            )
             if self.jetstream:
                 await nc.jetstream().account_info()
             else:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -106,7 +106,7 @@ def parent_death_preexec() -> Callable[[], None] | None:
 
 
 @contextlib.contextmanager
-def _subreaper() -> Any:
+def _subreaper() -> Iterator[bool]:
     """Adopt orphans while killing a tree, so we can reap them ourselves.
 
     Killed PostgreSQL backends are re-parented when the postmaster dies; an init

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -102,7 +103,8 @@ def _hand_over(path: Path, user: pwd.struct_passwd | None, recursive: bool = Fal
                 os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
-def _user_kwargs(user: pwd.struct_passwd | None) -> dict[str, object]:
+def _user_kwargs(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """Popen/run arguments that drop to the server's user (nothing when not root)."""
     if user is None:
         return {}
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
@@ -134,7 +136,7 @@ def initdb(data_dir: Path, timeout: float = 120.0) -> None:
             text=True,
             timeout=timeout,
             check=False,
-            **_user_kwargs(user),  # type: ignore[arg-type]
+            **_user_kwargs(user),
         )
     except subprocess.TimeoutExpired as exc:
         raise PostgresStartError(f"initdb timed out after {timeout}s for {data_dir}") from exc
@@ -334,7 +336,7 @@ class PostgresCluster:
                 cwd=self.data_dir,
                 process_group=0,  # our own group: Ctrl-C on pytest must not hit it
                 preexec_fn=parent_death_preexec(),
-                **_user_kwargs(user),  # type: ignore[arg-type]
+                **_user_kwargs(user),
             )
         track(self, self.kill)
         deadline = time.monotonic() + self.startup_timeout
