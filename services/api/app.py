@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from core.settings import Settings
-from services.api import errors, events, system, tasks
+from services.api import errors, events, system, tasks, webhooks
 from services.runtime import Runtime
 
 STATIC = Path(__file__).parent / "static"
@@ -34,6 +34,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(events.router)
     app.include_router(system.router)
+    app.include_router(webhooks.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

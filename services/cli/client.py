@@ -215,6 +215,34 @@ class ApiClient:
         files = [("inputs", (name, handle, media_type)) for name, handle, media_type in inputs]
         return _json(await self._request("POST", "/api/tasks", data=data, files=files))
 
+    # -- webhooks --------------------------------------------------------
+
+    async def create_webhook(
+        self,
+        url: str,
+        *,
+        events: Sequence[str] = (),
+        flows: Sequence[str] = (),
+        secret: str | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe; the response is the only one that carries the signing secret."""
+        body: dict[str, Any] = {"url": url, "events": list(events) or None}
+        body |= {"flows": list(flows) or None, "secret": secret}
+        return _json(await self._request("POST", "/api/webhooks", json=body))
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        return (await self._get_json("/api/webhooks"))["items"]
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._request("DELETE", _webhook_path(webhook_id))
+
+    async def enable_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return _json(await self._request("POST", f"{_webhook_path(webhook_id)}/enable"))
+
+    async def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        path = f"{_webhook_path(webhook_id)}/deliveries"
+        return (await self._get_json(path, params={"limit": limit}))["items"]
+
     # -- streams ---------------------------------------------------------
 
     async def download_output(self, task_id: str, output: Mapping[str, Any], folder: Path) -> Path:
@@ -237,7 +265,7 @@ class ApiClient:
 
     @asynccontextmanager
     async def open_event_stream(
-        self, task_id: str, *, last_event_id: str | None = None
+        self, task_id: str | None, *, last_event_id: str | None = None
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Connect to the task's event stream; on entry the server has answered.
 
@@ -249,7 +277,7 @@ class ApiClient:
             self._http,
             "GET",
             "/api/events/stream",
-            params={"task": task_id},
+            params={"task": task_id} if task_id else {},  # None: every task's events
             headers=headers,
             timeout=_STREAM_TIMEOUT,
         ) as source:
@@ -298,6 +326,10 @@ def _check_server(server: str) -> str:
 
 def _task_path(task_id: str) -> str:
     return f"/api/tasks/{quote(task_id, safe='')}"
+
+
+def _webhook_path(webhook_id: str) -> str:
+    return f"/api/webhooks/{quote(webhook_id, safe='')}"
 
 
 async def _raise_for_error(response: httpx.Response) -> None:

@@ -1,0 +1,147 @@
+"""``/api/webhooks``: subscribe to events, list and remove subscriptions, inspect deliveries.
+
+The signing secret is in the response to ``POST`` only; it is never shown again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.sql.webhook_store import AttemptRecord, Delivery
+from core.webhook import DeliveryStatus, Subscription
+from services.api.deps import runtime
+from services.runtime import Runtime
+from services.webhook_service import NewWebhook
+
+router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
+Rt = Annotated[Runtime, Depends(runtime)]
+
+
+class CreateWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2000)
+    events: list[str] | None = Field(default=None, description="default: task.done")
+    flows: list[str] | None = Field(default=None, description="default: every flow")
+    secret: str | None = Field(default=None, description="whsec_<base64>; generated if absent")
+
+
+class WebhookOut(BaseModel):
+    id: uuid.UUID
+    url: str
+    events: list[str]
+    flows: list[str] | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime | None
+    consecutive_failures: int
+
+    @classmethod
+    def of(cls, sub: Subscription) -> WebhookOut:
+        return cls(
+            id=sub.id,
+            url=sub.url,
+            events=list(sub.events),
+            flows=None if sub.flows is None else list(sub.flows),
+            enabled=sub.enabled,
+            disabled_reason=sub.disabled_reason,
+            created_at=sub.created_at,
+            consecutive_failures=sub.consecutive_failures,
+        )
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="shown only in this response")
+
+
+class AttemptOut(BaseModel):
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    task_id: uuid.UUID
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    attempt_log: list[AttemptOut]
+
+    @classmethod
+    def of(cls, delivery: Delivery, attempts: list[AttemptRecord]) -> DeliveryOut:
+        return cls(
+            id=delivery.id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            task_id=delivery.task_id,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            next_attempt_at=(
+                delivery.next_attempt_at if delivery.status is DeliveryStatus.pending else None
+            ),
+            created_at=delivery.created_at,
+            delivered_at=delivery.delivered_at,
+            last_status_code=delivery.last_status_code,
+            last_error=delivery.last_error,
+            attempt_log=[
+                AttemptOut(
+                    at=a.at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms
+                )
+                for a in attempts
+            ],
+        )
+
+
+@router.post("", status_code=201, response_model=WebhookCreated)
+async def create_webhook(body: CreateWebhook, rt: Rt) -> WebhookCreated:
+    sub = await rt.webhooks.create(NewWebhook(body.url, body.events, body.flows, body.secret))
+    return WebhookCreated(**WebhookOut.of(sub).model_dump(), secret=sub.secret)
+
+
+@router.get("")
+async def list_webhooks(rt: Rt) -> dict[str, list[WebhookOut]]:
+    return {"items": [WebhookOut.of(sub) for sub in await rt.webhooks.list()]}
+
+
+@router.get("/{webhook_id}", response_model=WebhookOut)
+async def get_webhook(webhook_id: uuid.UUID, rt: Rt) -> WebhookOut:
+    return WebhookOut.of(await rt.webhooks.get(webhook_id))
+
+
+@router.delete("/{webhook_id}", status_code=204)
+async def delete_webhook(webhook_id: uuid.UUID, rt: Rt) -> Response:
+    await rt.webhooks.delete(webhook_id)
+    return Response(status_code=204)
+
+
+@router.post("/{webhook_id}/enable", response_model=WebhookOut)
+async def enable_webhook(webhook_id: uuid.UUID, rt: Rt) -> WebhookOut:
+    """Turn a disabled subscription back on; its pending deliveries resume."""
+    sub = await rt.webhooks.enable(webhook_id)
+    rt.dispatcher.wake()
+    return WebhookOut.of(sub)
+
+
+@router.get("/{webhook_id}/deliveries")
+async def list_deliveries(
+    webhook_id: uuid.UUID,
+    rt: Rt,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    status: DeliveryStatus | None = None,
+) -> dict[str, list[DeliveryOut]]:
+    """The newest deliveries first, each with every attempt (status code, error, duration)."""
+    rows = await rt.webhooks.deliveries(webhook_id, limit=limit, status=status)
+    return {"items": [DeliveryOut.of(d, attempts) for d, attempts in rows]}

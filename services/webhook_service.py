@@ -1,0 +1,81 @@
+"""Use cases of webhook subscriptions: subscribe (validated, SSRF-checked), list, remove.
+
+``install_webhooks`` is what every process that records events calls once: it
+registers the in-transaction hook that writes delivery rows with their events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adapters.sql.database import Database
+from adapters.sql.webhook_store import (
+    AttemptRecord,
+    Delivery,
+    DeliveryRecorder,
+    SqlWebhookStore,
+)
+from adapters.webhook_guard import check_target
+from adapters.webhook_sender import generate_secret, parse_secret
+from core.settings import Settings
+from core.webhook import DeliveryStatus, Subscription, check_event_types, check_flows
+
+
+def install_webhooks(db: Database, settings: Settings) -> DeliveryRecorder:
+    """Make every event written through ``db`` create its webhook delivery rows atomically."""
+    recorder = DeliveryRecorder(db.dialect, settings.public_url)
+    db.in_transaction(recorder)
+    return recorder
+
+
+@dataclass(frozen=True)
+class NewWebhook:
+    url: str
+    events: Sequence[str] | None = None
+    flows: Sequence[str] | None = None
+    secret: str | None = None
+
+
+class WebhookService:
+    def __init__(
+        self, store: SqlWebhookStore, recorder: DeliveryRecorder, settings: Settings
+    ) -> None:
+        self.store = store
+        self.recorder = recorder
+        self.allow_private = settings.webhooks_allow_private
+
+    async def create(self, request: NewWebhook) -> Subscription:
+        """Check everything, then store; the returned subscription holds the secret."""
+        events = check_event_types(request.events)
+        flows = check_flows(request.flows)
+        secret = request.secret or generate_secret()
+        parse_secret(secret)
+        await check_target(request.url, allow_private=self.allow_private)
+        sub = Subscription(
+            id=uuid.uuid4(), url=request.url, events=events, flows=flows, secret=secret
+        )
+        created = await self.store.create(sub)
+        self.recorder.invalidate()
+        return created
+
+    async def list(self) -> list[Subscription]:
+        return await self.store.list()
+
+    async def get(self, webhook_id: uuid.UUID) -> Subscription:
+        return await self.store.get(webhook_id)
+
+    async def delete(self, webhook_id: uuid.UUID) -> None:
+        await self.store.delete(webhook_id)
+        self.recorder.invalidate()
+
+    async def enable(self, webhook_id: uuid.UUID) -> Subscription:
+        sub = await self.store.enable(webhook_id)
+        self.recorder.invalidate()
+        return sub
+
+    async def deliveries(
+        self, webhook_id: uuid.UUID, *, limit: int, status: DeliveryStatus | None = None
+    ) -> list[tuple[Delivery, list[AttemptRecord]]]:
+        return await self.store.deliveries(webhook_id, limit=limit, status=status)
