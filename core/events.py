@@ -9,6 +9,8 @@ stable: ``event.to_json()`` and ``parse_event()`` round-trip it, and
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -107,6 +109,8 @@ class TaskDone(EventBase):
     status: DoneStatus
     outputs: tuple[FileRef, ...] = ()
     error: str | None = None
+    # set when a worker reports its own run: fences a result of a run that no longer holds the task
+    worker_id: str | None = None
 
 
 Event = Annotated[
@@ -144,3 +148,16 @@ def subject_for(event: EventBase, prefix: str = "flowyard") -> str:
 def token(value: str) -> str:
     """A subject token: dots, spaces and wildcards would split or widen the subject."""
     return value.replace(".", "_").replace(" ", "_").replace("*", "_").replace(">", "_")
+
+
+def name_token(value: str) -> str:
+    """A NATS stream, consumer or bucket name part: letters, digits, ``_`` and ``-`` only.
+
+    Names that ``token`` keeps distinct stay distinct: when other characters had to
+    be replaced, a short hash of the token is appended (``a@b`` -> ``a_b_1f0c…``).
+    """
+    subject_token = token(value)
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", subject_token)
+    if safe == subject_token and safe:
+        return safe
+    return f"{safe}_{hashlib.sha256(subject_token.encode()).hexdigest()[:8]}"

@@ -50,9 +50,27 @@ class Settings(BaseSettings):
     worker_offline_seconds: float = Field(default=60.0, gt=0)
     grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish flows")
     nats_url: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_creds: Path | None = Field(default=None, description="NATS credentials file (JWT+nkey)")
+    events_max_age_hours: float = Field(
+        default=24.0 * 30, gt=0, description="FLOWYARD_EVENTS keeps events this long"
+    )
+    events_max_bytes: int = Field(
+        default=-1, ge=-1, description="FLOWYARD_EVENTS size limit in bytes (-1: none)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     public_url: str | None = None
     default_owner: str = "admin"
+    webhooks_allow_private: bool = Field(
+        default=False, description="allow webhook targets on loopback/private/link-local addresses"
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="seconds per delivery attempt")
+    webhook_retry_hours: float = Field(default=24.0, gt=0, description="retry a delivery this long")
+    webhook_backoff_base: float = Field(default=1.0, gt=0, description="first retry delay (s)")
+    webhook_disable_after: int = Field(
+        default=50, ge=1, description="failed attempts in a row (over a retry period) to disable"
+    )
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:

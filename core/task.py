@@ -174,6 +174,13 @@ def _done(task: Task, event: TaskDone) -> Task:
             return task
         raise TaskFinished(f"task {task.id} already {task.state}")
     _check_attempt(task, event)
+    if event.worker_id is not None and (
+        task.state is not TaskState.running or task.worker_id != event.worker_id
+    ):
+        # a requeued (or re-claimed) task: this worker's run lost its lease meanwhile
+        raise StaleAttempt(
+            f"task {task.id} attempt {event.attempt} is no longer held by the worker"
+        )
     if task.state is TaskState.queued and event.status == "succeeded":
         raise IllegalTransition("a queued task cannot succeed without being claimed")
     update: dict[str, Any] = {

@@ -14,20 +14,30 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from adapters.files.local import LocalFileStore, LocalTaskFiles
 from adapters.sql.database import Database
 from adapters.sql.engine import make_engine, upgrade
 from adapters.sql.task_store import SqlTaskStore
+from adapters.sql.wakeup import PgNotifier, install_pg_notifier
+from adapters.sql.webhook_store import SqlWebhookStore
 from adapters.sql.work_queue import SqlWorkQueue
 from bus.inprocess import EventHub, LocalWaker
+from core.errors import Unavailable
 from core.events import Event, TaskCancelRequested
 from core.ports import WorkerIdentity
 from core.settings import Settings
 from flows.device import detect_device
 from flows.registry import FlowRegistry, installed_flows
+from services.event_tailer import run_event_tailer
 from services.task_service import TaskService
+from services.webhook_dispatcher import WebhookDispatcher
+from services.webhook_service import WebhookService, install_webhooks
 from services.worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:
+    from services.nats_server import NatsBridge
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,10 @@ class Runtime:
     tasks: TaskService
     queue: SqlWorkQueue
     worker: Worker | None = None
+    notifier: PgNotifier | None = None
+    nats: NatsBridge | None = None
+    webhooks: WebhookService = field(init=False)
+    dispatcher: WebhookDispatcher = field(init=False)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -54,7 +68,10 @@ class Runtime:
         await upgrade(engine)
         db = Database(engine)
         hub = EventHub()
-        db.on_commit(hub.publish)
+        if settings.mode != "server":
+            # server mode: workers elsewhere write events too; the tailer feeds the hub alone
+            db.on_commit(hub.publish)
+        notifier = install_pg_notifier(db)  # NOTIFY database workers of new work (PostgreSQL)
         waker = LocalWaker()
         db.on_commit(waker.on_commit)
         store = SqlTaskStore(db)
@@ -70,10 +87,16 @@ class Runtime:
             max_attempts=settings.max_attempts,
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
-        runtime = cls(settings, db, hub, store, files, flows, tasks, queue)
+        runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)
+        recorder = install_webhooks(db, settings)  # delivery rows commit with their events
+        runtime.webhooks = WebhookService(SqlWebhookStore(db), recorder, settings)
+        runtime.dispatcher = WebhookDispatcher(runtime.webhooks.store, recorder, settings)
+        db.on_commit(runtime.dispatcher.on_commit)
         if settings.mode == "default" and settings.workers > 0:
             runtime.worker = runtime._local_worker()
             db.on_commit(runtime._forward_cancels)
+        if settings.nats_url:
+            runtime.nats = _nats_bridge(settings, db, store)
         return runtime
 
     def _local_worker(self) -> Worker:
@@ -112,16 +135,30 @@ class Runtime:
                 log.warning("requeued %d tasks interrupted by the last shutdown", released)
             self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
         self._background.append(asyncio.create_task(self._reaper(), name="reaper"))
+        self._background.append(asyncio.create_task(self.dispatcher.run(), name="webhooks"))
+        if self.settings.mode == "server":
+            tailer = run_event_tailer(
+                self.store, self._tailed, poll_interval=self.settings.poll_interval
+            )
+            self._background.append(asyncio.create_task(tailer, name="event-tailer"))
+        if self.nats is not None:
+            self._background.append(asyncio.create_task(self.nats.run(), name="nats"))
+
+    def _tailed(self, events: Sequence[Event]) -> None:
+        """Events other processes wrote: to the live hub, and a nudge for the NATS relay."""
+        self.hub.publish(events)
+        if self.nats is not None:
+            self.nats.kick()
 
     async def _reaper(self) -> None:
-        from core.errors import Unavailable
-
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             try:
                 await self.queue.reap()
             except Unavailable as exc:
                 log.warning("reaper skipped: %s", exc.message)
+            except Exception:  # one bad round must not stop reaping for good
+                log.exception("reaper round failed")
 
     async def close(self) -> None:
         if self.worker is not None:
@@ -134,4 +171,18 @@ class Runtime:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
+        if self.nats is not None:
+            await self.nats.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         await self.db.close()
+
+
+def _nats_bridge(settings: Settings, db: Database, store: SqlTaskStore) -> NatsBridge:
+    """Server mode with --nats: outbox relay and worker-event consumer (docs/nats.md)."""
+    from core.errors import ConfigError
+    from services.nats_server import NatsBridge
+
+    if settings.mode != "server":
+        raise ConfigError("--nats needs --mode server (NATS workers serve a server's database)")
+    return NatsBridge(settings, db, store)

@@ -17,6 +17,7 @@ ownership, heartbeats extend it, and ``reap`` turns expired leases into
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from adapters.sql.task_store import SqlTaskStore, append_events, record_in, writ
 from core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
 from core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
 from core.ports import Heartbeat, WorkerIdentity
+from core.redelivery import NATS_WORKER_PREFIX
 from core.task import Task, TaskState, apply, lease_expired
 
 log = logging.getLogger(__name__)
@@ -135,10 +137,35 @@ class SqlWorkQueue:
         await self.waker.close()
 
     async def reap(self, now: datetime | None = None, batch: int = 100) -> int:
-        """Requeue (or fail) running tasks whose lease expired; safe to run anywhere, any time."""
+        """Requeue (or fail) running tasks whose lease expired; safe to run anywhere, any time.
+
+        Tasks held by NATS workers are skipped: JetStream's ack wait is their lease, and
+        the server's NATS reconciler (``bus/nats/reconcile.py``) owns their recovery.
+        """
+        if self._recovering():
+            return 0
         now = now or utcnow()
-        expired = (tasks.c.state == TaskState.running.value) & (tasks.c.lease_expires_at < now)
+        expired = (
+            (tasks.c.state == TaskState.running.value)
+            & (tasks.c.lease_expires_at < now)
+            & ~sa.func.coalesce(tasks.c.worker_id, "").startswith(NATS_WORKER_PREFIX)
+        )
         return await self._expire(expired, now, "lease expired", batch)
+
+    def _recovering(self) -> bool:
+        """True within one lease of this process's last database outage.
+
+        Workers could not heartbeat while the database was down, so their leases ran
+        out through no fault of theirs; give them one lease to renew before taking
+        their tasks away (otherwise a short outage re-runs every task in flight).
+        """
+        since = self.db.unavailable_at
+        if since is None or time.monotonic() - since >= self.lease.total_seconds():
+            return False
+        log.info(
+            "not reaping yet: the database was unreachable %.1fs ago", time.monotonic() - since
+        )
+        return True
 
     async def release_worker(self, worker_id: str, reason: str) -> int:
         """Treat every task held by ``worker_id`` as abandoned (a restarted in-process worker)."""

@@ -49,4 +49,5 @@ async def health(rt: Rt) -> dict[str, Any]:
         "in_process_workers": rt.settings.workers if rt.worker else 0,
         "running_here": rt.worker.busy if rt.worker else 0,
         "live_subscribers": rt.hub.subscriber_count,
+        **({"nats": await rt.nats.health()} if rt.nats is not None else {}),
     }

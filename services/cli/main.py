@@ -18,10 +18,12 @@ from typer.core import TyperGroup
 
 from core.errors import FlowyardError
 from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
+from services.cli.events import events_app
 from services.cli.flows import flows_app
 from services.cli.output import print_error
 from services.cli.run import run_command
 from services.cli.tasks import tasks_app
+from services.cli.webhooks import webhooks_app
 
 HELP = "Run torch flows as tasks on a flowyard server, and follow them."
 
@@ -73,6 +75,8 @@ def build_app(*, include_server: bool = True) -> typer.Typer:
     )
     app.add_typer(flows_app, name="flows")
     app.add_typer(tasks_app, name="tasks")
+    app.add_typer(webhooks_app, name="webhooks")
+    app.add_typer(events_app, name="events")
     app.command("run")(run_command)
     if include_server:
         _register_server_commands(app)
@@ -81,12 +85,14 @@ def build_app(*, include_server: bool = True) -> typer.Typer:
 
 def _register_server_commands(app: typer.Typer) -> None:
     """Server commands pull in the API and the database; imported here, not at the top."""
+    from services.cli.asyncapi import asyncapi_command
     from services.cli.db import db_app
     from services.cli.serve import serve_command
     from services.cli.worker import worker_command
 
     app.command("serve")(serve_command)
     app.command("worker")(worker_command)
+    app.command("asyncapi")(asyncapi_command)
     app.add_typer(db_app, name="db")
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from core.errors import ConfigError
 from core.settings import Mode, Settings
 from services.api.app import create_app
 from services.config import load_settings
@@ -42,6 +43,17 @@ def serve_command(
     lease_seconds: Annotated[
         float | None, typer.Option("--lease-seconds", help="Lease of a claimed task.")
     ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option("--nats", help="NATS server for LAN workers (nats://host:4222; server mode)."),
+    ] = None,
+    nats_user: Annotated[str | None, typer.Option("--nats-user", help="NATS user.")] = None,
+    nats_password: Annotated[
+        str | None, typer.Option("--nats-password", help="NATS password.")
+    ] = None,
+    nats_creds: Annotated[
+        Path | None, typer.Option("--nats-creds", help="NATS credentials file.")
+    ] = None,
 ) -> None:
     """Serve the HTTP API and web UI; in default mode also run flows, on SQLite."""
     settings = load_settings(
@@ -54,8 +66,14 @@ def serve_command(
         database_uri=db,
         files_dir=files,
         lease_seconds=lease_seconds,
+        nats_url=nats,
+        nats_user=nats_user,
+        nats_password=nats_password,
+        nats_creds=nats_creds,
     )
     settings.check_mode()
+    if settings.nats_url and settings.mode != "server":
+        raise ConfigError("--nats needs --mode server (NATS workers serve a server's database)")
     configure_logging()
     asyncio.run(serve(settings))
 

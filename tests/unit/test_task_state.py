@@ -184,3 +184,16 @@ def test_rebuild_skips_refused_events_like_the_live_projection() -> None:
     assert task.attempt == 2
     assert task.worker_id == "w2"
     assert rebuild([]) is None
+
+
+def test_stale_worker_cannot_fail_a_requeued_task() -> None:
+    requeue = TaskRequeued(task_id=TASK, flow="debug.sleep", attempt=1, reason="lease expired")
+    task = fold(created(), claimed(1, "w1"), requeue)
+    with pytest.raises(StaleAttempt):
+        apply(task, done("failed", attempt=1, worker_id="w1"))
+    # the server's own decision (no worker) still cancels a queued task
+    assert apply(task, done("cancelled", attempt=1)).state is TaskState.cancelled
+    running = fold(created(), claimed(1, "w1"))
+    with pytest.raises(StaleAttempt):
+        apply(running, done("succeeded", attempt=1, worker_id="w2"))
+    assert apply(running, done("succeeded", attempt=1, worker_id="w1")).state is TaskState.succeeded

@@ -1,0 +1,322 @@
+"""The server's side of NATS workers: their events into the task table, leases, recovery.
+
+NATS workers cannot reach the database; the server folds what they publish.
+``record_batch`` applies a batch of worker events in one transaction (the
+consumer acks the batch only after it committed). Each event is checked before
+it is applied: it must name its task's owner and flow (a worker's NATS account
+can only publish under its own owner), and a result or progress report must
+come from the worker that holds the attempt. Events the state machine refuses
+are reported back, never raised: a duplicate, late or out-of-order event
+changes nothing and must not be redelivered forever.
+
+Events the server derives here (a requeue after JetStream redelivered, a failure
+after the last delivery) are appended with ``relayed_at`` NULL, so the outbox
+relay publishes them to the event stream like any other server event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from adapters.sql.database import Database, Tx
+from adapters.sql.rows import task_from_row, task_values
+from adapters.sql.schema import events, tasks
+from adapters.sql.task_store import append_event, append_events, load_for_update, write_task
+from core.errors import Conflict
+from core.events import Event, TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
+from core.redelivery import (
+    NATS_WORKER_PREFIX,
+    UNREPORTED_WORKER,
+    LeaseAnswer,
+    Outcome,
+    WorkerEvent,
+    catch_up,
+)
+from core.task import Task, TaskState, apply, lease_expired
+
+log = logging.getLogger(__name__)
+
+
+class SqlProjection:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ worker events
+
+    async def record_batch(
+        self, items: Sequence[WorkerEvent], now: datetime | None = None
+    ) -> list[Outcome]:
+        """Apply worker events in order, in one transaction (one per event after an SQL error).
+
+        A batch costs a handful of statements whatever its size (lock the tasks,
+        look up the event ids, write the rows, append the events): per-event round
+        trips would bound the whole NATS path at a few hundred events a second.
+        """
+        if not items:
+            return []
+        now = now or utcnow()
+        try:
+            async with self.db.write() as tx:
+                return await self._record(tx, items, now)
+        except DBAPIError:
+            # e.g. a unique-key race on an event id: isolate the culprit, keep the rest
+            outcomes = []
+            for item in items:
+                try:
+                    async with self.db.write() as tx:
+                        outcomes += await self._record(tx, [item], now)
+                except DBAPIError as exc:
+                    log.warning("event %s not recorded: %s", item.event.id, exc)
+                    outcomes.append(Outcome(item.event, "refused", f"database error: {exc}"))
+            return outcomes
+
+    async def _record(self, tx: Tx, items: Sequence[WorkerEvent], now: datetime) -> list[Outcome]:
+        current = await _lock_tasks(tx, {item.event.task_id for item in items})
+        before = dict(current)
+        seen = await _known_events(tx, [item.event.id for item in items])
+        log_rows: list[tuple[Event, bool]] = []  # (event, came from the bus), in order
+        outcomes = []
+        for item in items:
+            outcome, steps = self._fold(current, seen, item, now)
+            outcomes.append(outcome)
+            log_rows += [(step, False) for step in steps]
+            if outcome.status == "recorded":
+                log_rows.append((item.event, True))
+                seen.add(item.event.id)
+        changed = [task for task_id, task in current.items() if task is not before[task_id]]
+        await _write_tasks(tx, changed)
+        # one insert per run of rows with the same relayed_at, in order: the log keeps
+        # each task's order (a derived requeue sits between the claims it separates)
+        for from_bus, run in itertools.groupby(log_rows, key=lambda row: row[1]):
+            await append_events(tx, [e for e, _ in run], relayed_at=now if from_bus else None)
+        return outcomes
+
+    def _fold(
+        self, current: dict[uuid.UUID, Task], seen: set[uuid.UUID], item: WorkerEvent, now: datetime
+    ) -> tuple[Outcome, list[Event]]:
+        """Decide one event against the tasks as the batch has left them (no I/O)."""
+        event = item.event
+        if event.id in seen:
+            return Outcome(event, "duplicate"), []
+        task = current.get(event.task_id)
+        if task is None:
+            return Outcome(event, "refused", f"no task has id {event.task_id}"), []
+        if task.owner != event.owner or task.flow != event.flow:
+            reason = (
+                f"event names owner {event.owner!r} and flow {event.flow!r}, but task "
+                f"{task.id} belongs to {task.owner!r} and runs {task.flow!r}"
+            )
+            return Outcome(event, "refused", reason, task), []
+        steps = catch_up(task, event, now)
+        for step in steps:
+            task = apply(task, step)
+            log.info("task %s: %s (before %s)", task.id, _describe(step), event.type)
+        current[event.task_id] = task
+        refusal = _holder_refusal(task, item)
+        if refusal:
+            return Outcome(event, "refused", refusal, task), steps
+        try:
+            updated = apply(task, event)
+        except Conflict as exc:
+            return Outcome(event, "refused", exc.message, task), steps
+        if updated is task:
+            return Outcome(event, "unchanged", task=task), steps
+        current[event.task_id] = updated
+        return Outcome(event, "recorded", task=updated), steps
+
+    async def finished(self, task_id: uuid.UUID) -> bool:
+        """True when the task ended (or is gone): a result for it would be refused."""
+        query = sa.select(tasks.c.state).where(tasks.c.id == task_id)
+        async with self.db.read() as conn:
+            state = (await conn.execute(query)).scalar()
+        return state is None or TaskState(state).finished
+
+    # ------------------------------------------------------------------------ leases
+
+    async def heartbeat(
+        self, task_id: uuid.UUID, attempt: int, worker_id: str, owner: str, deadline: datetime
+    ) -> LeaseAnswer:
+        """Refresh the DB lease of a NATS worker's attempt and tell it what the server knows.
+
+        A claim the server has not processed yet is not a lost lease: the answer is
+        then only "keep going" (the consumer may lag behind the worker).
+        """
+        async with self.db.write() as tx:
+            task = await load_for_update(tx, task_id)
+            if task is None or task.owner != owner:
+                return LeaseAnswer(lost=True, drop=True, reason=f"no task {task_id} of {owner}")
+            cancel = task.cancel_requested
+            if task.state.finished:
+                return LeaseAnswer(lost=True, drop=True, reason=f"task {task_id} is {task.state}")
+            if task.attempt > attempt:
+                return LeaseAnswer(
+                    lost=True, reason=f"task {task_id} moved on to attempt {task.attempt}"
+                )
+            if task.attempt < attempt:
+                return LeaseAnswer(cancel=cancel)  # our claim is still on its way
+            if task.state is TaskState.queued:
+                return LeaseAnswer(
+                    lost=True, drop=True, reason=f"attempt {attempt} of {task_id} was requeued"
+                )
+            if task.worker_id not in (worker_id, UNREPORTED_WORKER):
+                return LeaseAnswer(
+                    lost=True,
+                    drop=True,
+                    reason=f"attempt {attempt} of {task_id} is held by {task.worker_id}",
+                )
+            await tx.conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(lease_expires_at=deadline, worker_id=worker_id)
+            )
+            return LeaseAnswer(cancel=cancel)
+
+    # ---------------------------------------------------------------------- recovery
+
+    async def fail_undelivered(
+        self, task_id: uuid.UUID, deliveries: int, error: str, now: datetime | None = None
+    ) -> TaskDone | None:
+        """The work message hit JetStream's MaxDeliver: end the task unless it already ended."""
+        now = now or utcnow()
+        async with self.db.write() as tx:
+            task = await load_for_update(tx, task_id)
+            if task is None or task.state.finished:
+                return None
+            status: Literal["failed", "cancelled"] = (
+                "cancelled" if task.cancel_requested else "failed"
+            )
+            done = TaskDone(
+                task_id=task.id,
+                flow=task.flow,
+                owner=task.owner,
+                attempt=task.attempt,
+                at=now,
+                status=status,
+                error=error,
+            )
+            await write_task(tx, task, apply(task, done))
+            await append_event(tx, done)
+        return done
+
+    async def stale_running(self, before: datetime, limit: int = 100) -> list[Task]:
+        """Tasks held by NATS workers whose lease nobody refreshed since ``before``."""
+        query = (
+            sa.select(tasks)
+            .where(
+                (tasks.c.state == TaskState.running.value)
+                & tasks.c.worker_id.startswith(NATS_WORKER_PREFIX)
+                & (tasks.c.lease_expires_at < before)
+            )
+            .order_by(tasks.c.lease_expires_at)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [task_from_row(r) for r in rows]
+
+    async def expire(
+        self, task_id: uuid.UUID, before: datetime, reason: str, now: datetime | None = None
+    ) -> tuple[Event, Task] | None:
+        """Requeue (or fail) a stale NATS task, re-checked under its row lock."""
+        now = now or utcnow()
+        async with self.db.write() as tx:
+            task = await load_for_update(tx, task_id)
+            if (
+                task is None
+                or task.state is not TaskState.running
+                or task.lease_expires_at is None
+                or task.lease_expires_at >= before
+            ):
+                return None
+            event = lease_expired(task, now, reason)
+            updated = apply(task, event)
+            await write_task(tx, task, updated)
+            await append_event(tx, event)
+        return event, updated
+
+    async def queued(self, updated_before: datetime, limit: int = 1000) -> list[Task]:
+        """Queued tasks, oldest first, whose events have all been relayed (work was sent)."""
+        unrelayed = (
+            sa.select(events.c.seq)
+            .where((events.c.task_id == tasks.c.id) & events.c.relayed_at.is_(None))
+            .exists()
+        )
+        query = (
+            sa.select(tasks)
+            .where(
+                (tasks.c.state == TaskState.queued.value)
+                & (tasks.c.updated_at < updated_before)
+                & ~unrelayed
+            )
+            .order_by(tasks.c.updated_at)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [task_from_row(r) for r in rows]
+
+    async def states(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
+        """``(state, attempt)`` of each task that still exists."""
+        if not task_ids:
+            return {}
+        query = sa.select(tasks.c.id, tasks.c.state, tasks.c.attempt).where(
+            tasks.c.id.in_(list(task_ids))
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r.id: (r.state, r.attempt) for r in rows}
+
+
+async def _lock_tasks(tx: Tx, task_ids: set[uuid.UUID]) -> dict[uuid.UUID, Task]:
+    """The tasks, row-locked in id order (two batches never wait on each other in a cycle)."""
+    query = sa.select(tasks).where(tasks.c.id.in_(sorted(task_ids))).order_by(tasks.c.id)
+    rows = (await tx.conn.execute(query.with_for_update())).all()
+    return {row.id: task_from_row(row) for row in rows}
+
+
+async def _known_events(tx: Tx, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    query = sa.select(events.c.id).where(events.c.id.in_(event_ids))
+    return set((await tx.conn.execute(query)).scalars())
+
+
+async def _write_tasks(tx: Tx, changed: list[Task]) -> None:
+    """One executemany UPDATE for every row the batch changed (each written once, final)."""
+    if not changed:
+        return
+    rows = []
+    for task in changed:
+        values = task_values(task)
+        values["b_id"] = values.pop("id")
+        rows.append(values)
+    columns = {name: sa.bindparam(name) for name in rows[0] if name != "b_id"}
+    statement = sa.update(tasks).where(tasks.c.id == sa.bindparam("b_id")).values(columns)
+    await tx.conn.execute(statement, rows)
+
+
+def _holder_refusal(task: Task, item: WorkerEvent) -> str:
+    """A result or progress must come from the worker holding the attempt (not a duplicate)."""
+    if item.worker_id is None or not isinstance(item.event, TaskDone | TaskProgress | TaskRequeued):
+        return ""
+    if task.state is not TaskState.running or task.attempt != item.event.attempt:
+        return ""  # apply() decides
+    if task.worker_id in (item.worker_id, UNREPORTED_WORKER):
+        return ""
+    return f"attempt {task.attempt} of task {task.id} is held by {task.worker_id}"
+
+
+def _describe(event: Event) -> str:
+    if isinstance(event, TaskRequeued):
+        return f"requeued attempt {event.attempt}: {event.reason}"
+    if isinstance(event, TaskClaimed):
+        return f"attempt {event.attempt} claimed by a worker that never reported it"
+    if isinstance(event, TaskDone):
+        return f"{event.status} on attempt {event.attempt}: {event.error}"
+    return event.type

@@ -1,0 +1,120 @@
+"""Sending work: a task's message on its owner's work stream, and the wake-up after it.
+
+The message body is the task's ``task.created`` event (everything a worker needs
+to run it); the ``Flowyard-Attempt-Base`` header says how many attempts were
+used before this message, so a worker's attempt is ``base + delivery count``.
+The relay sends base 0 with ``Nats-Msg-Id`` ``work:<task>:0`` (a retried
+publish is a duplicate, not a second message); the reconciler re-sends lost work
+with the attempts the database has counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.js.errors
+from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
+
+from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from bus.nats.streams import (
+    ATTEMPT_BASE,
+    MSG_ID,
+    ensure_consumer,
+    ensure_stream,
+    wake_subject,
+    work_consumer_config,
+    work_stream,
+    work_stream_config,
+    work_subject,
+)
+from core.events import TaskCreated, token
+from core.task import Task
+
+log = logging.getLogger(__name__)
+
+Prepare = Callable[[TaskCreated], Awaitable[None]]
+"""Runs before a task's work is sent (the server uploads the task's inputs)."""
+
+
+def created_of(task: Task) -> TaskCreated:
+    """The work body for a task known only from its row (re-dispatch by the reconciler)."""
+    return TaskCreated(
+        task_id=task.id,
+        flow=task.flow,
+        owner=task.owner,
+        at=task.created_at,
+        params=task.params,
+        inputs=task.inputs,
+        priority=task.priority,
+        max_attempts=task.max_attempts,
+    )
+
+
+class WorkDispatcher:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        js: JetStreamContext,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        prepare: Prepare | None = None,
+    ) -> None:
+        self.broker = broker
+        self.js = js
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.prepare = prepare
+        self._ready: set[tuple[str, str]] = set()
+        self._setting_up = asyncio.Lock()
+
+    async def ensure(self, owner: str, flow: str) -> None:
+        """The owner's work stream and the flow's consumer, with today's settings (cached)."""
+        if (owner, flow) in self._ready:
+            return
+        async with self._setting_up:  # many tasks of a new owner arrive in one relay batch
+            if (owner, flow) in self._ready:
+                return
+            config = work_consumer_config(
+                owner, flow, lease_seconds=self.lease_seconds, max_attempts=self.max_attempts
+            )
+            try:
+                await ensure_stream(self.js, work_stream_config(owner))
+                await ensure_consumer(self.js, work_stream(owner), config)
+            except TRANSIENT as exc:
+                raise unavailable(f"setting up the work stream of {owner!r}", exc) from exc
+            self._ready.add((owner, flow))
+
+    async def send(self, created: TaskCreated, *, base: int, msg_id: str) -> None:
+        await self.ensure(created.owner, created.flow)
+        if self.prepare is not None:
+            await self.prepare(created)
+        try:
+            ack = await self.broker.publish(
+                created.to_json().encode(),
+                work_subject(created.owner, created.flow),
+                headers={
+                    MSG_ID: msg_id,
+                    ATTEMPT_BASE: str(base),
+                    "content-type": "application/json",
+                },
+                stream=work_stream(created.owner),
+                timeout=PUBLISH_TIMEOUT,
+            )
+        except nats.js.errors.NoStreamResponseError as exc:
+            self._ready.discard((created.owner, created.flow))  # deleted under us: set up again
+            raise unavailable(f"work for task {created.task_id}", exc) from exc
+        except TRANSIENT as exc:
+            raise unavailable(f"work for task {created.task_id}", exc) from exc
+        if ack.duplicate:
+            log.debug("work %s was already sent", msg_id)
+
+    async def wake(self, owner: str, flow: str) -> None:
+        """Best effort: a missed wake-up costs a worker one poll interval."""
+        try:
+            await self.broker.publish(b"", wake_subject(token(owner), token(flow)))
+        except TRANSIENT as exc:
+            log.debug("wake-up for %s/%s not sent: %s", owner, flow, exc)

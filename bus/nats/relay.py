@@ -1,0 +1,184 @@
+"""The outbox relay: events the server wrote with its tasks, published to JetStream.
+
+Each pending event goes to ``FLOWYARD_EVENTS`` with ``Nats-Msg-Id`` = its id, and
+only after the PubAck is it marked relayed; a crash in between publishes it
+again, and JetStream drops the duplicate. A ``task.created`` whose task is still
+queued also sends the task's work (inputs uploaded first). A NATS outage stops
+the relay, which backs off and retries: events wait in the database, none is
+lost.
+
+Order: the events of one task are published one after the other, each awaited,
+and a task's chain stops at its first failure (the rest wait for the next
+round); chains of different tasks run concurrently, which is where the
+throughput comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from faststream.nats import NatsBroker
+
+from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from bus.nats.dispatch import WorkDispatcher
+from bus.nats.streams import EVENTS_STREAM, MSG_ID, ORIGIN, event_subject
+from core.errors import FlowyardError, Unavailable
+from core.events import Event, TaskCreated, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Pending(Protocol):
+    """An outbox row: published as stored, parsed only when work must be sent."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def event_id(self) -> uuid.UUID: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def task_id(self) -> uuid.UUID: ...
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def flow(self) -> str: ...
+
+    @property
+    def body(self) -> str: ...
+
+    @property
+    def task_state(self) -> str | None: ...
+
+    def event(self) -> Event: ...
+
+
+class Outbox(Protocol):
+    async def pending(self, limit: int) -> Sequence[Pending]: ...
+
+    async def mark_relayed(self, seqs: Sequence[int], at: datetime | None = None) -> None: ...
+
+
+async def publish_event(broker: NatsBroker, item: Pending) -> None:
+    """One stored event on FLOWYARD_EVENTS, deduplicated by its id; raises ``Unavailable``."""
+    try:
+        await broker.publish(
+            item.body.encode(),
+            event_subject(item.type, item.owner, item.flow),
+            headers={
+                MSG_ID: str(item.event_id),
+                ORIGIN: "server",
+                "content-type": "application/json",
+            },
+            stream=EVENTS_STREAM,
+            timeout=PUBLISH_TIMEOUT,
+        )
+    except TRANSIENT as exc:
+        raise unavailable(f"publish of {item.type} {item.event_id}", exc) from exc
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        outbox: Outbox,
+        broker: NatsBroker,
+        dispatcher: WorkDispatcher,
+        *,
+        batch: int = 500,
+        poll_interval: float = 1.0,
+        concurrency: int = 64,
+    ) -> None:
+        self.outbox = outbox
+        self.broker = broker
+        self.dispatcher = dispatcher
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self._limit = asyncio.Semaphore(concurrency)
+        self._kick = asyncio.Event()
+        self.last_error: str | None = None
+        self.last_relayed_at: datetime | None = None
+        self.relayed = 0
+
+    def kick(self, _events: object = None) -> None:
+        """Commit listener: new events may be pending (no I/O here)."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            self._kick.clear()
+            try:
+                moved = await self.relay_once()
+            except Unavailable as exc:
+                if self.last_error != exc.message:
+                    log.warning("relay paused, retrying in %.1fs: %s", backoff, exc.message)
+                self.last_error = exc.message
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            if self.last_error is not None:
+                log.info("relay resumed")
+                self.last_error = None
+            if moved < self.batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self.poll_interval)
+
+    async def relay_once(self) -> int:
+        """Relay one batch; raise ``Unavailable`` (after marking what went out) on an outage."""
+        pending = await self.outbox.pending(self.batch)
+        if not pending:
+            return 0
+        chains: dict[uuid.UUID, list[Pending]] = {}
+        for item in pending:
+            chains.setdefault(item.task_id, []).append(item)
+        results = await asyncio.gather(*(self._chain(chain) for chain in chains.values()))
+        relayed = [seq for seqs, _ in results for seq in seqs]
+        await self.outbox.mark_relayed(relayed)
+        if relayed:
+            self.relayed += len(relayed)
+            self.last_relayed_at = utcnow()
+        woken = {pair for _, pairs in results for pair in pairs}
+        for owner, flow in sorted(woken):
+            await self.dispatcher.wake(owner, flow)
+        if len(relayed) < len(pending):
+            raise Unavailable(self.last_error or "some events could not be published")
+        return len(pending)
+
+    async def _chain(self, chain: list[Pending]) -> tuple[list[int], set[tuple[str, str]]]:
+        relayed: list[int] = []
+        woken: set[tuple[str, str]] = set()
+        async with self._limit:
+            for item in chain:
+                try:
+                    await publish_event(self.broker, item)
+                    if item.type == "task.created" and item.task_state == "queued":
+                        created = item.event()
+                        assert isinstance(created, TaskCreated)
+                        await self._send_work(created)
+                        woken.add((item.owner, item.flow))
+                except Unavailable as exc:
+                    self.last_error = exc.message
+                    break
+                relayed.append(item.seq)
+        return relayed, woken
+
+    async def _send_work(self, created: TaskCreated) -> None:
+        try:
+            await self.dispatcher.send(created, base=0, msg_id=f"work:{created.task_id}:0")
+        except Unavailable:
+            raise
+        except FlowyardError as exc:
+            # not transient (a stream that cannot be fixed in place): the reconciler retries
+            log.error("work for task %s not sent: %s", created.task_id, exc.message)

@@ -1,0 +1,329 @@
+"""Stream, consumer and subject names, their configurations, and ``ensure_*`` to apply them.
+
+    FLOWYARD_EVENTS         flowyard.events.<kind>.<owner>.<flow>   limits: every task event
+    FLOWYARD_WORK_<owner>   flowyard.work.<owner>.<flow>            work queue: one per owner
+      consumer <flow>       filter flowyard.work.<owner>.<flow>     durable pull, explicit ack
+    FLOWYARD_ADVISORIES     $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>   (kept 1 day)
+
+A work-queue stream refuses consumers whose filters overlap; one durable
+consumer per exact subject ``flowyard.work.<owner>.<flow>`` can never overlap,
+and every worker that serves that owner and flow binds to the same consumer. A
+stream per owner lets a NATS account be given exactly its owner's work: NATS
+permissions match whole subject tokens, and a stream name is one token of the
+JetStream API subjects (``$JS.API.CONSUMER.MSG.NEXT.FLOWYARD_WORK_alice.*``).
+
+FastStream updates streams but never an existing durable consumer, and a
+changed ack wait or MaxDeliver would be silently ignored; ``ensure_consumer``
+compares and updates (or recreates) it here instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from core.errors import ConfigError
+from core.events import name_token, token
+
+log = logging.getLogger(__name__)
+
+PREFIX = "flowyard"
+EVENTS_STREAM = "FLOWYARD_EVENTS"
+EVENTS_SUBJECTS = f"{PREFIX}.events.>"
+WORK_STREAM_PREFIX = "FLOWYARD_WORK_"
+ADVISORY_STREAM = "FLOWYARD_ADVISORIES"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+SERVER_CONSUMER = "flowyard_server"
+WORKER_EVENT_KINDS = ("claimed", "progress", "done", "requeued")
+"""The event kinds NATS workers publish and the server folds into the task table."""
+
+DUPLICATE_WINDOW = 120.0
+"""Seconds JetStream remembers a ``Nats-Msg-Id`` (the relay retries well within it)."""
+
+MSG_ID = "Nats-Msg-Id"
+ATTEMPT_BASE = "Flowyard-Attempt-Base"
+"""Work message header: attempts already used when it was sent; attempt = base + delivery."""
+WORKER = "Flowyard-Worker"
+"""Header on worker events: who published it (results must come from the attempt's holder)."""
+ORIGIN = "Flowyard-Origin"
+"""Header on relayed server events, so the server's own consumer skips them cheaply."""
+
+
+# ---------------------------------------------------------------------------- subjects
+
+
+def event_subject(event_type: str, owner: str, flow: str) -> str:
+    """``core.events.subject_for`` from an event's stored columns (no parsing)."""
+    return f"{PREFIX}.events.{event_type.split('.', 1)[1]}.{token(owner)}.{token(flow)}"
+
+
+def work_subject(owner: str, flow: str) -> str:
+    return f"{PREFIX}.work.{token(owner)}.{token(flow)}"
+
+
+def wake_subject(owner_token: str, flow_token: str) -> str:
+    """Core NATS (not stored): sent after work was stored, so idle workers pull at once."""
+    return f"{PREFIX}.wake.{owner_token}.{flow_token}"
+
+
+def owner_filter(owner: str | None) -> str:
+    """The owner token a worker listens on: its owner's, or every owner's for an admin."""
+    return "*" if owner is None else token(owner)
+
+
+def cancel_subject(owner: str | None, flow: str) -> str:
+    return f"{PREFIX}.events.cancel_requested.{owner_filter(owner)}.{token(flow)}"
+
+
+def lease_subject(owner: str, flow: str) -> str:
+    """Request-reply: a worker's heartbeat asks the server about its attempt."""
+    return f"{PREFIX}.rpc.lease.{token(owner)}.{token(flow)}"
+
+
+def workers_subject(owner: str | None) -> str:
+    """Worker presence, so ``GET /api/workers`` lists NATS workers too."""
+    return f"{PREFIX}.workers.{'_all' if owner is None else token(owner)}"
+
+
+def worker_event_filters() -> list[str]:
+    return [f"{PREFIX}.events.{kind}.>" for kind in WORKER_EVENT_KINDS]
+
+
+def subject_tokens(subject: str) -> list[str]:
+    return subject.split(".")
+
+
+# ------------------------------------------------------------------- streams, consumers
+
+
+def work_stream(owner: str) -> str:
+    return f"{WORK_STREAM_PREFIX}{name_token(owner)}"
+
+
+def work_consumer(flow: str) -> str:
+    return name_token(flow)
+
+
+def events_stream_config(max_age_hours: float, max_bytes: int) -> StreamConfig:
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        description="Every flowyard task event (the source for replay and webhooks)",
+        subjects=[EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_hours * 3600.0,
+        max_bytes=max_bytes,
+        duplicate_window=DUPLICATE_WINDOW,
+    )
+
+
+def work_stream_config(owner: str) -> StreamConfig:
+    return StreamConfig(
+        name=work_stream(owner),
+        description=f"flowyard work for owner {owner!r}",
+        subjects=[f"{PREFIX}.work.{token(owner)}.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW,
+    )
+
+
+def advisory_stream_config() -> StreamConfig:
+    """MaxDeliver advisories are core NATS messages; stored, none is missed while we restart."""
+    return StreamConfig(
+        name=ADVISORY_STREAM,
+        description="JetStream MaxDeliver advisories, for the flowyard server",
+        subjects=[f"{MAX_DELIVERIES_ADVISORY}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=24 * 3600.0,
+    )
+
+
+def work_consumer_config(
+    owner: str, flow: str, *, lease_seconds: float, max_attempts: int
+) -> ConsumerConfig:
+    """AckWait is the lease, +WPI the heartbeat, MaxDeliver the attempt limit."""
+    return ConsumerConfig(
+        durable_name=work_consumer(flow),
+        description=f"flowyard workers of {flow!r} for {owner!r}",
+        filter_subject=work_subject(owner, flow),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=lease_seconds,
+        max_deliver=max_attempts,
+        max_ack_pending=10_000,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+
+
+def server_consumer_config(ack_wait: float = 30.0) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=SERVER_CONSUMER,
+        description="flowyard server: events published by NATS workers",
+        filter_subjects=worker_event_filters(),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+
+
+def advisory_consumer_config() -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=SERVER_CONSUMER,
+        description="flowyard server: tasks whose work hit MaxDeliver",
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=60.0,
+        max_deliver=-1,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+
+
+# ---------------------------------------------------------------------------- compare
+
+_STREAM_FIELDS = ("retention", "storage", "max_age", "max_bytes", "duplicate_window", "discard")
+_CONSUMER_FIELDS = (
+    "ack_policy",
+    "ack_wait",
+    "max_deliver",
+    "max_ack_pending",
+    "filter_subject",
+    "filter_subjects",
+    "deliver_policy",
+)
+_IMMUTABLE_STREAM = ("retention", "storage")
+
+
+def _norm(value: Any) -> Any:
+    if value is None or value == []:
+        return None
+    if isinstance(value, list):
+        return sorted(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = _norm(a), _norm(b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-3)
+    return bool(a == b)
+
+
+def stream_differences(existing: StreamConfig, desired: StreamConfig) -> list[str]:
+    """What differs, as ``field: have -> want``; a subject we need but miss is a difference."""
+    out = [
+        f"{name}: {getattr(existing, name)!r} -> {getattr(desired, name)!r}"
+        for name in _STREAM_FIELDS
+        if getattr(desired, name) is not None
+        and not _same(getattr(existing, name), getattr(desired, name))
+    ]
+    missing = set(desired.subjects or ()) - set(existing.subjects or ())
+    if missing:
+        out.append(f"subjects: missing {sorted(missing)}")
+    return out
+
+
+def consumer_differences(existing: ConsumerConfig, desired: ConsumerConfig) -> list[str]:
+    # the server reports filter_subjects with one entry as filter_subject, and vice versa
+    have = _filters(existing)
+    want = _filters(desired)
+    out = [] if have == want else [f"filters: {sorted(have)} -> {sorted(want)}"]
+    out += [
+        f"{name}: {getattr(existing, name)!r} -> {getattr(desired, name)!r}"
+        for name in _CONSUMER_FIELDS
+        if name not in ("filter_subject", "filter_subjects")
+        and getattr(desired, name) is not None
+        and not _same(getattr(existing, name), getattr(desired, name))
+    ]
+    return out
+
+
+def _filters(config: ConsumerConfig) -> set[str]:
+    found = set(config.filter_subjects or ())
+    if config.filter_subject:
+        found.add(config.filter_subject)
+    return found
+
+
+# ----------------------------------------------------------------------------- ensure
+
+
+async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to ``desired`` (subjects are merged)."""
+    assert desired.name is not None
+    try:
+        info = await js.stream_info(desired.name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(desired)
+        log.info("created stream %s", desired.name)
+        return
+    diffs = stream_differences(info.config, desired)
+    if not diffs:
+        return
+    immutable = [d for d in diffs if d.split(":", 1)[0] in _IMMUTABLE_STREAM]
+    if immutable:
+        raise ConfigError(
+            f"stream {desired.name} exists with {', '.join(immutable)}, which cannot be "
+            f"changed in place: remove it ('nats stream rm {desired.name}') or restore it"
+        )
+    merged = sorted(set(info.config.subjects or ()) | set(desired.subjects or ()))
+    await js.update_stream(_evolve(desired, subjects=merged))
+    log.warning("updated stream %s: %s", desired.name, "; ".join(diffs))
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, desired: ConsumerConfig) -> None:
+    """Create the durable consumer, or update it; recreate it when NATS refuses the update."""
+    name = desired.durable_name
+    assert name is not None
+    try:
+        info = await js.consumer_info(stream, name)
+    except nats.js.errors.NotFoundError:
+        await js.add_consumer(stream, desired)
+        log.info("created consumer %s on %s", name, stream)
+        return
+    diffs = consumer_differences(info.config, desired)
+    if not diffs:
+        return
+    try:
+        await js.add_consumer(stream, desired)  # create-or-update: edits what NATS allows
+        log.warning("updated consumer %s on %s: %s", name, stream, "; ".join(diffs))
+    except nats.js.errors.BadRequestError as exc:
+        # Unacked messages of a work queue survive the consumer and are delivered again.
+        log.warning("recreating consumer %s on %s (%s): %s", name, stream, exc, "; ".join(diffs))
+        await js.delete_consumer(stream, name)
+        await js.add_consumer(stream, desired)
+
+
+def _evolve(config: StreamConfig, **changes: Any) -> StreamConfig:
+    return config.evolve(**changes)
+
+
+def split_work_subject(subject: str) -> tuple[str, str] | None:
+    """``(owner token, flow token)`` of a work or wake subject; None for anything else."""
+    parts = subject_tokens(subject)
+    if len(parts) == 4 and parts[0] == PREFIX and parts[1] in ("work", "wake"):
+        return parts[2], parts[3]
+    return None
+
+
+def owned_streams(names: Iterable[str]) -> list[str]:
+    return sorted(n for n in names if n.startswith(WORK_STREAM_PREFIX))

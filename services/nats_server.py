@@ -1,0 +1,222 @@
+"""Server mode over NATS: the pieces that connect the database to JetStream, wired and run.
+
+``NatsBridge`` starts with the server and never stops it: while NATS is down it
+keeps reconnecting, events wait in the outbox, and ``GET /api/health`` shows the
+lag. Once connected it makes sure the streams and consumers exist, then runs
+
+- the outbox relay (events out, work out),
+- the worker-event consumer (events in, outputs into the tasks folder),
+- the heartbeat and worker-presence handlers (FastStream request-reply),
+- the MaxDeliver advisory watcher, and
+- the reconciler (the database is the record; JetStream can lose work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from adapters.nats_object_store import NatsFileTransfer
+from adapters.sql.database import Database
+from adapters.sql.outbox import SqlOutbox
+from adapters.sql.projection import SqlProjection
+from adapters.sql.task_store import SqlTaskStore
+from bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
+from bus.nats.dispatch import WorkDispatcher
+from bus.nats.reconcile import Reconciler
+from bus.nats.relay import OutboxRelay
+from bus.nats.server_consumer import AdvisoryWatcher, WorkerEventConsumer, register_server_handlers
+from bus.nats.streams import (
+    ADVISORY_STREAM,
+    EVENTS_STREAM,
+    advisory_consumer_config,
+    advisory_stream_config,
+    ensure_consumer,
+    ensure_stream,
+    events_stream_config,
+    server_consumer_config,
+)
+from core.errors import ConfigError, Unavailable
+from core.events import TaskCreated
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NatsBridge:
+    def __init__(self, settings: Settings, db: Database, store: SqlTaskStore) -> None:
+        if settings.nats_url is None:
+            raise ConfigError("NATS is not configured: pass --nats nats://HOST:4222")
+        self.settings = settings
+        self.outbox = SqlOutbox(db)
+        self.projection = SqlProjection(db)
+        self.broker = make_broker(
+            settings.nats_url,
+            NatsAuth.from_settings(settings),
+            name="flowyard-server",
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+        register_server_handlers(self.broker, self.projection, store.register_worker)
+        self._connected_at: float | None = None
+        self._kick = asyncio.Event()
+        self.relay: OutboxRelay | None = None
+        self.consumer: WorkerEventConsumer | None = None
+        self.advisories: AdvisoryWatcher | None = None
+        self.reconciler: Reconciler | None = None
+        self._jobs: list[asyncio.Task[None]] = []
+        db.on_commit(self.kick)
+
+    def kick(self, _events: object = None) -> None:
+        """Commit listener: wake the relay (no I/O here)."""
+        self._kick.set()
+        if self.relay is not None:
+            self.relay.kick()
+
+    async def _disconnected(self) -> None:
+        self._connected_at = None
+        log.warning("lost the connection to NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        self._connected_at = time.monotonic()
+        log.info("reconnected to NATS")
+
+    def connected_for(self) -> float:
+        return 0.0 if self._connected_at is None else time.monotonic() - self._connected_at
+
+    @property
+    def connected(self) -> bool:
+        return self._connected_at is not None
+
+    async def run(self) -> None:
+        s = self.settings
+        log.info("connecting to NATS at %s", s.nats_url)
+        client, js = await self._connect()
+        self._connected_at = time.monotonic()
+        await self._retry(lambda: self._ensure_streams(js), "setting up streams")
+        await self.broker.start()
+        transfer = NatsFileTransfer(js, s.tasks_dir)
+
+        async def prepare(created: TaskCreated) -> None:
+            await transfer.ensure_bucket(created.owner)
+            if created.inputs:
+                await transfer.upload_inputs(created)
+
+        dispatcher = WorkDispatcher(
+            self.broker,
+            js,
+            lease_seconds=s.lease_seconds,
+            max_attempts=s.max_attempts,
+            prepare=prepare,
+        )
+        self.relay = OutboxRelay(
+            self.outbox, self.broker, dispatcher, poll_interval=min(1.0, s.poll_interval)
+        )
+        self.consumer = WorkerEventConsumer(client, self.projection, transfer)
+        self.advisories = AdvisoryWatcher(
+            client, js, self.projection, lease_seconds=s.lease_seconds
+        )
+        self.reconciler = Reconciler(
+            self.projection,
+            dispatcher,
+            js,
+            lease_seconds=s.lease_seconds,
+            connected_for=self.connected_for,
+            interval=max(5.0, min(60.0, 5 * s.lease_seconds)),
+            queued_grace=min(30.0, 5 * s.lease_seconds),
+        )
+        log.info("NATS ready: relaying the outbox, consuming worker events")
+        for name, loop in (
+            ("relay", self.relay.run),
+            ("worker-events", self.consumer.run),
+            ("advisories", self.advisories.run),
+            ("reconciler", self.reconciler.run),
+        ):
+            self._jobs.append(asyncio.create_task(_supervised(name, loop), name=f"nats-{name}"))
+        await asyncio.gather(*self._jobs)
+
+    async def _connect(self) -> tuple[Client, JetStreamContext]:
+        """Retry until connected: HTTP keeps serving, and the outbox keeps the events."""
+        while True:
+            try:
+                return await connection(self.broker)
+            except (ConfigError, Unavailable) as exc:
+                log.error("%s; retrying in 10s", exc.message)
+                await asyncio.sleep(10)
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        s = self.settings
+        try:
+            events = events_stream_config(s.events_max_age_hours, s.events_max_bytes)
+            await ensure_stream(js, events)
+            await ensure_stream(js, advisory_stream_config())
+            await ensure_consumer(js, EVENTS_STREAM, server_consumer_config())
+            await ensure_consumer(js, ADVISORY_STREAM, advisory_consumer_config())
+        except TRANSIENT as exc:
+            raise Unavailable(f"NATS: setting up streams failed: {exc}") from exc
+
+    async def _retry(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await call()
+                return
+            except Unavailable as exc:
+                log.warning("%s: %s; retrying in %.1fs", what, exc.message, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def health(self) -> dict[str, Any]:
+        """For GET /api/health: connection, and the relay's lag (bounded count, oldest age)."""
+        lag = await self.outbox.lag()
+        relay = self.relay
+        return {
+            "connected": self.connected,
+            "relay": {
+                "pending": lag.pending,
+                "oldest_pending_seconds": lag.oldest_seconds,
+                "relayed": relay.relayed if relay else 0,
+                "last_relayed_at": relay.last_relayed_at.isoformat()
+                if relay and relay.last_relayed_at
+                else None,
+                "last_error": relay.last_error if relay else "not connected yet",
+            },
+            "worker_events": {
+                "recorded": self.consumer.recorded if self.consumer else 0,
+                "refused": self.consumer.refused if self.consumer else 0,
+            },
+        }
+
+    async def close(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        for job in self._jobs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        for part in (self.consumer, self.advisories):
+            if part is not None:
+                with contextlib.suppress(*TRANSIENT, Unavailable):
+                    await part.close()
+        # a broker whose connection is already gone fails to unsubscribe: nothing to undo
+        with contextlib.suppress(*TRANSIENT, ExceptionGroup):
+            await asyncio.wait_for(self.broker.stop(), 5.0)
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Keep a loop alive: a bug in one must not silently stop the others."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # logged with its traceback, then restarted
+            log.exception("NATS %s loop failed; restarting it in 1s", name)
+            await asyncio.sleep(1.0)
