@@ -139,20 +139,6 @@ def mixed_events() -> list[Event]:
 # -- the database log on every dialect -------------------------------------------------
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def db_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.db'}"
-    fixture = "pg_uri" if request.param == "postgres" else "mariadb_uri"
-    return str(request.getfixturevalue(fixture))
-
-
 @pytest.fixture
 async def recorded(db_uri: str) -> AsyncIterator[tuple[Database, list[Event]]]:
     engine = make_engine(db_uri, pool_size=2)

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,20 +21,6 @@ from core.ports import WorkerIdentity
 from core.task import TaskState, rebuild
 
 WORKER = WorkerIdentity(id="h/w1", name="w1", host="h", flows=("debug.sleep", "image.blur"))
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def db_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    fixture = "pg_uri" if request.param == "postgres" else "mariadb_uri"
-    return str(request.getfixturevalue(fixture))
 
 
 @pytest.fixture

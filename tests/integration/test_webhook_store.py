@@ -39,20 +39,6 @@ pytestmark = pytest.mark.timeout(60)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def db_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    fixture = "pg_uri" if request.param == "postgres" else "mariadb_uri"
-    return str(request.getfixturevalue(fixture))
-
-
 @dataclass
 class Stores:
     db: Database

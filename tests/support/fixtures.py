@@ -170,6 +170,21 @@ def nats_server_factory(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
 # ------------------------------------------------------------------------- MariaDB
 
 
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def db_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One fresh database per dialect: the contract suites run against every store."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'flowyard.db'}"
+    fixture = "pg_uri" if request.param == "postgres" else "mariadb_uri"
+    return str(request.getfixturevalue(fixture))
+
+
 @pytest.fixture
 def mariadb_uri() -> Iterator[str]:
     """``mysql://root@127.0.0.1:3306/flowyard_test_<hex>``, dropped after the test.
