@@ -119,16 +119,22 @@ class SqlTaskStore:
             )
 
 
+# Built once: constructing Core statements on every call dominated a worker's CPU profile.
+_LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with_for_update()
+_EVENT_SEEN = sa.select(events.c.seq).where(events.c.id == sa.bindparam("_event_id"))
+_INSERT_TASK = sa.insert(tasks)
+_UPDATE_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
+
+
 async def load_for_update(tx: Tx, task_id: uuid.UUID) -> Task | None:
-    query = sa.select(tasks).where(tasks.c.id == task_id).with_for_update()
-    row = (await tx.conn.execute(query)).first()
+    row = (await tx.conn.execute(_LOCK_TASK, {"_task_id": task_id})).first()
     return None if row is None else task_from_row(row)
 
 
 async def record_in(tx: Tx, event: Event, *, relayed_at: datetime | None = None) -> Task:
     """Fold one event into its task inside ``tx``; a known event id is a no-op."""
     current = await load_for_update(tx, event.task_id)
-    seen = await tx.conn.execute(sa.select(events.c.seq).where(events.c.id == event.id))
+    seen = await tx.conn.execute(_EVENT_SEEN, {"_event_id": event.id})
     if seen.first() is not None:
         if current is None:
             raise TaskNotFound(f"no task has id {event.task_id}")
@@ -142,12 +148,12 @@ async def record_in(tx: Tx, event: Event, *, relayed_at: datetime | None = None)
 
 
 async def write_task(tx: Tx, before: Task | None, after: Task) -> None:
+    values = task_values(after)
     if before is None:
-        await tx.conn.execute(sa.insert(tasks).values(**task_values(after)))
+        await tx.conn.execute(_INSERT_TASK, values)
     else:
-        values = task_values(after)
-        values.pop("id")
-        await tx.conn.execute(sa.update(tasks).where(tasks.c.id == after.id).values(**values))
+        values["_task_id"] = values.pop("id")
+        await tx.conn.execute(_UPDATE_TASK, values)
 
 
 async def append_event(tx: Tx, event: Event, *, relayed_at: datetime | None = None) -> None:
