@@ -64,6 +64,17 @@ def worker_options(settings: Settings) -> WorkerOptions:
     )
 
 
+def log_start(identity: WorkerIdentity, where: str) -> None:
+    log.info(
+        "worker %s on %s: flows %s, concurrency %d, owner %s",
+        identity.id,
+        where,
+        ",".join(identity.flows),
+        identity.concurrency,
+        identity.owner or "(all)",
+    )
+
+
 def stop_on_signals(worker: Worker) -> None:
     """SIGTERM/SIGINT: stop claiming, let running flows finish within the grace period."""
     loop = asyncio.get_running_loop()
@@ -119,14 +130,7 @@ async def run_db_worker(
         maintenance=queue.reap,
     )
     stop_on_signals(worker)
-    log.info(
-        "worker %s on %s: flows %s, concurrency %d, owner %s",
-        identity.id,
-        engine.url.render_as_string(hide_password=True),
-        ",".join(identity.flows),
-        concurrency,
-        owner or "(all)",
-    )
+    log_start(identity, engine.url.render_as_string(hide_password=True))
     try:
         await worker.run()
     finally:

@@ -28,7 +28,13 @@ from core.events import name_token
 from core.redelivery import NATS_WORKER_PREFIX
 from core.settings import Settings
 from flows.registry import installed_flows
-from services.db_worker import select_flows, stop_on_signals, worker_identity, worker_options
+from services.db_worker import (
+    log_start,
+    select_flows,
+    stop_on_signals,
+    worker_identity,
+    worker_options,
+)
 from services.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -74,14 +80,7 @@ async def run_nats_worker(
     worker = Worker(identity, queue, files, registry, worker_options(settings))
     queue.on_cancel = worker.cancel
     stop_on_signals(worker)
-    log.info(
-        "worker %s on %s: flows %s, concurrency %d, owner %s",
-        identity.id,
-        settings.nats_url,
-        ",".join(identity.flows),
-        concurrency,
-        owner or "(all)",
-    )
+    log_start(identity, settings.nats_url)
     try:
         await worker.run()
     finally:

@@ -6,9 +6,7 @@ same port and store dir, which is how streams are expected to survive.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,14 +17,12 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from tests.support.managed_server import ManagedServer, PortInUse, log_tail
 from tests.support.ports import (
-    free_port,
-    kill_tree,
     parent_death_preexec,
     port_accepts,
     run_coroutine_in_thread,
     track,
-    untrack,
 )
 
 
@@ -49,16 +45,7 @@ async def _quiet(_exc: Exception) -> None:
     """error_cb for probes: failures surface as exceptions, not log noise."""
 
 
-def _log_tail(path: Path, offset: int = 0, max_chars: int = 4000) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode("utf-8", "replace")[-max_chars:]
-    except FileNotFoundError:
-        return "<no log file>"
-
-
-class NatsServer:
+class NatsServer(ManagedServer):
     """One nats-server on 127.0.0.1 that keeps its port and store across restarts.
 
     Next to store_dir it writes ``<store>.nats-server.log`` and, when config is
@@ -85,75 +72,18 @@ class NatsServer:
         self.config = config
         self.connect_options: dict[str, Any] = dict(connect_options or {})
         self.jetstream = jetstream
-        self.startup_timeout = startup_timeout
-        self._port = port if port is not None else free_port()
-        self._port_chosen_by_us = port is None
-        self._started_once = False
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
+        super().__init__(port, startup_timeout)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self._port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running() and self._proc else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     # ------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
-        """Start the server and wait until clients (and JetStream) are served."""
-        if self.is_running():
-            return
+    def _prepare(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if self.config is not None:
             self.config_path.write_text(self.config)
-        attempts = 3 if (self._port_chosen_by_us and not self._started_once) else 1
-        for attempt in range(attempts):
-            try:
-                self._launch_and_wait()
-            except _PortInUseError:
-                if attempt == attempts - 1:
-                    raise
-                self._port = free_port()
-            else:
-                self._started_once = True
-                return
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM: flushes the file store); SIGKILL if stuck."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL, like a crash: writes not yet flushed by the server may be lost."""
-        proc = self._proc
-        if proc is None:
-            return
-        kill_tree(proc)
-        self._forget()
-
-    def restart(self) -> None:
-        """Stop (if running) and start again with the same port and store dir."""
-        self.stop()
-        self.start()
 
     # -------------------------------------------------------------- internals
 
@@ -201,7 +131,7 @@ class NatsServer:
         while time.monotonic() < deadline:
             returncode = self._proc.poll()
             if returncode is not None:
-                tail = _log_tail(self.log_path, log_offset)
+                tail = log_tail(self.log_path, log_offset)
                 self._forget()
                 if "address already in use" in tail.lower():
                     raise _PortInUseError(tail)
@@ -220,17 +150,13 @@ class NatsServer:
         raise NatsStartError(
             f"nats-server on port {self._port} not ready after {self.startup_timeout}s "
             f"(last error: {last_error!r}); log {self.log_path}:\n"
-            f"{_log_tail(self.log_path, log_offset)}"
+            f"{log_tail(self.log_path, log_offset)}"
         )
-
-    def _forget(self) -> None:
-        untrack(self)
-        self._proc = None
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"NatsServer(url={self.url}, store_dir={self.store_dir}, {state})"
 
 
-class _PortInUseError(NatsStartError):
+class _PortInUseError(NatsStartError, PortInUse):
     """Another process grabbed the auto-chosen port between free_port() and bind."""

@@ -24,12 +24,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.support.managed_server import ManagedServer, PortInUse, log_tail
 from tests.support.ports import (
-    free_port,
-    kill_tree,
     parent_death_preexec,
     track,
-    untrack,
 )
 
 with warnings.catch_warnings():
@@ -146,17 +144,7 @@ def initdb(data_dir: Path, timeout: float = 120.0) -> None:
         )
 
 
-def _log_tail(path: Path, offset: int = 0, max_chars: int = 4000) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return "<no log file>"
-    return text[-max_chars:]
-
-
-class PostgresCluster:
+class PostgresCluster(ManagedServer):
     """One PostgreSQL server on 127.0.0.1 that keeps its port across restarts.
 
     Layout under base_dir: ``data/`` (PGDATA), ``sock/`` (unix socket),
@@ -179,28 +167,10 @@ class PostgresCluster:
         self.log_path = self.base_dir / "postgres.log"
         self.settings: dict[str, str] = {**DEFAULT_SETTINGS, **(settings or {})}
         self.initdb_from = initdb_from
-        self.startup_timeout = startup_timeout
-        self._port = port if port is not None else free_port()
-        self._port_chosen_by_us = port is None
-        self._started_once = False
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    # ------------------------------------------------------------------ info
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while running."""
-        return self._proc.pid if self.is_running() and self._proc else None
+        super().__init__(port, startup_timeout)
 
     def uri(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self._port}/{database}"
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def socket_dir(self) -> Path:
@@ -213,51 +183,12 @@ class PostgresCluster:
 
     # ------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
-        """Start the server (initialising the data dir if new); wait until it answers."""
-        if self.is_running():
-            return
+    stop_signal = signal.SIGINT  # fast shutdown: abort transactions, checkpoint, exit
+    stop_timeout = 30.0
+
+    def _prepare(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._ensure_data_dir()
-        attempts = 3 if (self._port_chosen_by_us and not self._started_once) else 1
-        for attempt in range(attempts):
-            try:
-                self._launch_and_wait()
-            except _PortInUseError:
-                if attempt == attempts - 1:
-                    raise
-                self._port = free_port()
-            else:
-                self._started_once = True
-                return
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT): abort transactions, checkpoint, exit; SIGKILL if stuck."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and every backend, like a crash; then reap."""
-        proc = self._proc
-        if proc is None:
-            return
-        kill_tree(proc)
-        self._forget()
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same port and data dir."""
-        self.stop()
-        self.start()
 
     # ------------------------------------------------------------- databases
 
@@ -344,7 +275,7 @@ class PostgresCluster:
         while time.monotonic() < deadline:
             returncode = self._proc.poll()
             if returncode is not None:
-                tail = _log_tail(self.log_path, log_offset)
+                tail = log_tail(self.log_path, log_offset)
                 self._forget()
                 if "Address already in use" in tail:
                     raise _PortInUseError(tail)
@@ -363,7 +294,7 @@ class PostgresCluster:
         raise PostgresStartError(
             f"postgres on port {self._port} not ready after {self.startup_timeout}s "
             f"(last error: {last_error}); log {self.log_path}:\n"
-            f"{_log_tail(self.log_path, log_offset)}"
+            f"{log_tail(self.log_path, log_offset)}"
         )
 
     def _postmaster_ready(self, pid: int) -> bool:
@@ -378,14 +309,10 @@ class PostgresCluster:
             return False
         return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
 
-    def _forget(self) -> None:
-        untrack(self)
-        self._proc = None
-
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"PostgresCluster(port={self._port}, base_dir={self.base_dir}, {state})"
 
 
-class _PortInUseError(PostgresStartError):
+class _PortInUseError(PostgresStartError, PortInUse):
     """Another process grabbed the auto-chosen port between free_port() and bind."""
