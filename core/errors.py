@@ -9,13 +9,20 @@ the edge, the HTTP API maps them to status codes in one table
     ├── ConfigError              bad settings, unsupported URL scheme, SQLite in server mode
     ├── InvalidInput             a request field is wrong (carries ``field``)
     │   ├── UnsafeFileName
-    │   └── UploadTooLarge
+    │   ├── UploadTooLarge
+    │   └── WeakPassword
+    ├── Unauthenticated          no, wrong, expired or revoked credentials (HTTP 401)
+    │   └── TooManyAttempts      failed sign-ins are throttled for this user or address (429)
+    ├── Forbidden                signed in, but the role does not allow it (HTTP 403)
     ├── NotFound
     │   ├── TaskNotFound
     │   ├── FlowNotFound
     │   ├── OutputNotFound
-    │   └── WebhookNotFound
+    │   ├── WebhookNotFound
+    │   ├── UserNotFound
+    │   └── TokenNotFound
     ├── Conflict
+    │   ├── UserExists
     │   ├── IllegalTransition    an event that the task's state does not allow
     │   ├── StaleAttempt         an event from an attempt that is no longer current (fencing)
     │   └── TaskFinished         cancelling or changing a finished task
@@ -57,6 +64,26 @@ class UploadTooLarge(InvalidInput):
     """The upload is larger than the configured limit."""
 
 
+class WeakPassword(InvalidInput):
+    """The password is too weak."""
+
+
+class Unauthenticated(FlowyardError):
+    """Sign in first: send a token (Authorization: Bearer), a user and password, or a session."""
+
+
+class TooManyAttempts(Unauthenticated):
+    """Too many failed sign-ins; wait before trying again."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 60.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Forbidden(FlowyardError):
+    """Your role does not allow this."""
+
+
 class NotFound(FlowyardError):
     """Not found."""
 
@@ -77,8 +104,20 @@ class WebhookNotFound(NotFound):
     """No webhook subscription has this id."""
 
 
+class UserNotFound(NotFound):
+    """No user has this name."""
+
+
+class TokenNotFound(NotFound):
+    """No token has this id."""
+
+
 class Conflict(FlowyardError):
     """The request conflicts with the current state."""
+
+
+class UserExists(Conflict):
+    """A user with this name exists already."""
 
 
 class IllegalTransition(Conflict):
