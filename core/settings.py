@@ -6,13 +6,14 @@ Only the model and pure helpers live here; reading the YAML file is done by
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -61,7 +62,21 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     public_url: str | None = None
-    default_owner: str = "admin"
+    default_owner: str = Field(
+        default="admin", description="the local admin that owns everything when auth is off"
+    )
+    admin_user: str = Field(default="admin", description="user that admin_password creates")
+    admin_password: SecretStr | None = Field(
+        default=None,
+        description="creates admin_user at start when no admin exists (bootstraps a container)",
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="web sign-in lifetime")
+    cookie_secure: bool = Field(
+        default=False, description="mark the session cookie Secure (TLS in front of flowyard)"
+    )
+    login_attempts: int = Field(
+        default=10, ge=1, description="failed sign-ins per user and per address in a minute"
+    )
     webhooks_allow_private: bool = Field(
         default=False, description="allow webhook targets on loopback/private/link-local addresses"
     )
@@ -90,6 +105,11 @@ class Settings(BaseSettings):
         return self.files_dir if self.files_dir is not None else self.data_dir / "files"
 
     @property
+    def auth_required(self) -> bool:
+        """Server mode, or any listener beyond loopback: a laptop is never an open door."""
+        return self.mode == "server" or not is_loopback(self.host)
+
+    @property
     def heartbeat_seconds(self) -> float:
         """Leases are renewed three times per lease: one missed beat does not lose a task."""
         return self.lease_seconds / 3
@@ -102,6 +122,17 @@ class Settings(BaseSettings):
                 "processes need row locks): pass --db postgresql://… or --db mysql://…, "
                 "or drop --mode server to run everything in one process on SQLite"
             )
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost`` and the rest of 127/8 (no name lookups)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def normalise_database_uri(uri: str) -> str:

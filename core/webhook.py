@@ -64,10 +64,16 @@ class Subscription:
     created_at: datetime | None = None
     consecutive_failures: int = 0
     failing_since: datetime | None = None
+    owner: str | None = None
+    """Who subscribed (None: an admin, before subscriptions had owners)."""
+    all_owners: bool = True
+    """An admin's subscription receives every owner's events; a user's only their own."""
 
     def wants(self, event: Event) -> bool:
-        """The event's type is subscribed and its flow passes the (optional) flows filter."""
+        """Subscribed type, a flow the filter passes, and a task the subscriber may see."""
         if event.type not in self.events:
+            return False
+        if not self.all_owners and event.owner != self.owner:
             return False
         return self.flows is None or event.flow in self.flows
 

@@ -20,6 +20,7 @@ from adapters.files.local import LocalFileStore, LocalTaskFiles
 from adapters.sql.database import Database
 from adapters.sql.engine import make_engine, upgrade
 from adapters.sql.task_store import SqlTaskStore
+from adapters.sql.user_store import SqlUserStore
 from adapters.sql.wakeup import PgNotifier, install_pg_notifier
 from adapters.sql.webhook_store import SqlWebhookStore
 from adapters.sql.work_queue import SqlWorkQueue
@@ -30,6 +31,7 @@ from core.ports import WorkerIdentity
 from core.settings import Settings
 from flows.device import detect_device
 from flows.registry import FlowRegistry, installed_flows
+from services.auth_service import Authenticator
 from services.event_tailer import run_event_tailer
 from services.task_service import TaskService
 from services.webhook_dispatcher import WebhookDispatcher
@@ -55,6 +57,7 @@ class Runtime:
     worker: Worker | None = None
     notifier: PgNotifier | None = None
     nats: NatsBridge | None = None
+    auth: Authenticator = field(init=False)
     webhooks: WebhookService = field(init=False)
     dispatcher: WebhookDispatcher = field(init=False)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -88,6 +91,8 @@ class Runtime:
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)
+        runtime.auth = Authenticator(SqlUserStore(db), settings)
+        await runtime.auth.bootstrap(settings)  # refuses a networked server nobody can administer
         recorder = install_webhooks(db, settings)  # delivery rows commit with their events
         runtime.webhooks = WebhookService(SqlWebhookStore(db), recorder, settings)
         runtime.dispatcher = WebhookDispatcher(runtime.webhooks.store, recorder, settings)

@@ -1,8 +1,10 @@
-"""Use cases of the server: create, cancel and delete tasks.
+"""Use cases of the server: create, read, cancel and delete tasks, as a principal.
 
-Validation happens before anything is stored, and a task's files are written
-before its ``task.created`` event: a request that fails half-way removes what it
-wrote, so nothing half-stored is ever visible.
+Every read and action is scoped to what the caller may see: someone else's task
+is ``TaskNotFound``, exactly as a missing one. Validation happens before
+anything is stored, and a task's files are written before its ``task.created``
+event: a request that fails half-way removes what it wrote, so nothing
+half-stored is ever visible.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from typing import Any
 
 from adapters.files.local import LocalFileStore
 from adapters.sql.task_store import SqlTaskStore
-from core.errors import FlowNotFound, IllegalTransition, InvalidInput, StaleAttempt, TaskFinished
-from core.events import FileRef, TaskCancelRequested, TaskCreated, TaskDone
+from core.errors import (
+    FlowNotFound,
+    IllegalTransition,
+    InvalidInput,
+    StaleAttempt,
+    TaskFinished,
+    TaskNotFound,
+)
+from core.events import Event, FileRef, TaskCancelRequested, TaskCreated, TaskDone
 from core.flow import Flow
+from core.identity import Principal
 from core.task import Task, TaskState
 from flows.registry import FlowRegistry
 
@@ -110,9 +120,39 @@ class TaskService:
             await self.files.delete_task(task_id)
             raise
 
-    async def cancel(self, task_id: uuid.UUID) -> Task:
-        """Queued: cancelled now. Running: the worker is asked to stop and reports cancelled."""
+    async def get(self, task_id: uuid.UUID, caller: Principal) -> Task:
         task = await self.store.get(task_id)
+        if not caller.sees(task.owner):
+            raise TaskNotFound(f"no task has id {task_id}")
+        return task
+
+    async def list(
+        self,
+        caller: Principal,
+        *,
+        state: TaskState | None = None,
+        flow: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Sequence[Task]:
+        """A user's listing is their own, whatever ``owner`` they ask for."""
+        scope = caller.owner_filter()
+        if scope is not None and owner not in (None, scope):
+            return []
+        return await self.store.list(
+            state=state, flow=flow, owner=scope or owner, limit=limit, offset=offset
+        )
+
+    async def events(self, task_id: uuid.UUID, caller: Principal) -> Sequence[Event]:
+        events = await self.store.events(task_id)
+        if not events or not caller.sees(events[0].owner):
+            raise TaskNotFound(f"no task has id {task_id}")
+        return events
+
+    async def cancel(self, task_id: uuid.UUID, caller: Principal) -> Task:
+        """Queued: cancelled now. Running: the worker is asked to stop and reports cancelled."""
+        task = await self.get(task_id, caller)
         if task.state.finished:
             raise TaskFinished(f"task {task_id} already {task.state}; nothing to cancel")
         if task.state is TaskState.queued:
@@ -135,9 +175,9 @@ class TaskService:
             )
         )
 
-    async def delete(self, task_id: uuid.UUID) -> None:
-        task = await self.store.get(task_id)
+    async def delete(self, task_id: uuid.UUID, caller: Principal) -> None:
+        task = await self.get(task_id, caller)
         if task.state is TaskState.running:
-            await self.cancel(task_id)
+            await self.cancel(task_id, caller)
         await self.store.delete(task_id)
         await self.files.delete_task(task_id)

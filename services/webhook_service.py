@@ -1,5 +1,9 @@
 """Use cases of webhook subscriptions: subscribe (validated, SSRF-checked), list, remove.
 
+A subscription belongs to who made it: a user's receives only their own tasks'
+events and is visible only to them (and admins); someone else's is
+``WebhookNotFound``, as a missing one.
+
 ``install_webhooks`` is what every process that records events calls once: it
 registers the in-transaction hook that writes delivery rows with their events.
 """
@@ -19,6 +23,8 @@ from adapters.sql.webhook_store import (
 )
 from adapters.webhook_guard import check_target
 from adapters.webhook_sender import generate_secret, parse_secret
+from core.errors import WebhookNotFound
+from core.identity import Principal
 from core.settings import Settings
 from core.webhook import DeliveryStatus, Subscription, check_event_types, check_flows
 
@@ -36,6 +42,8 @@ class NewWebhook:
     events: Sequence[str] | None = None
     flows: Sequence[str] | None = None
     secret: str | None = None
+    owner: str | None = None
+    """Whose events (default: the caller's; an admin's default is every owner's)."""
 
 
 class WebhookService:
@@ -46,36 +54,55 @@ class WebhookService:
         self.recorder = recorder
         self.allow_private = settings.webhooks_allow_private
 
-    async def create(self, request: NewWebhook) -> Subscription:
+    async def create(self, request: NewWebhook, caller: Principal) -> Subscription:
         """Check everything, then store; the returned subscription holds the secret."""
+        owner = caller.owner_for(request.owner)
+        all_owners = caller.is_admin and request.owner is None
         events = check_event_types(request.events)
         flows = check_flows(request.flows)
         secret = request.secret or generate_secret()
         parse_secret(secret)
         await check_target(request.url, allow_private=self.allow_private)
         sub = Subscription(
-            id=uuid.uuid4(), url=request.url, events=events, flows=flows, secret=secret
+            id=uuid.uuid4(),
+            url=request.url,
+            events=events,
+            flows=flows,
+            secret=secret,
+            owner=owner,
+            all_owners=all_owners,
         )
         created = await self.store.create(sub)
         self.recorder.invalidate()
         return created
 
-    async def list(self) -> list[Subscription]:
-        return await self.store.list()
+    async def list(self, caller: Principal) -> list[Subscription]:
+        return await self.store.list(caller.owner_filter())
 
-    async def get(self, webhook_id: uuid.UUID) -> Subscription:
-        return await self.store.get(webhook_id)
+    async def get(self, webhook_id: uuid.UUID, caller: Principal) -> Subscription:
+        sub = await self.store.get(webhook_id)
+        if not caller.is_admin and sub.owner != caller.name:
+            raise WebhookNotFound(f"no webhook subscription has id {webhook_id}")
+        return sub
 
-    async def delete(self, webhook_id: uuid.UUID) -> None:
+    async def delete(self, webhook_id: uuid.UUID, caller: Principal) -> None:
+        await self.get(webhook_id, caller)
         await self.store.delete(webhook_id)
         self.recorder.invalidate()
 
-    async def enable(self, webhook_id: uuid.UUID) -> Subscription:
+    async def enable(self, webhook_id: uuid.UUID, caller: Principal) -> Subscription:
+        await self.get(webhook_id, caller)
         sub = await self.store.enable(webhook_id)
         self.recorder.invalidate()
         return sub
 
     async def deliveries(
-        self, webhook_id: uuid.UUID, *, limit: int, status: DeliveryStatus | None = None
+        self,
+        webhook_id: uuid.UUID,
+        caller: Principal,
+        *,
+        limit: int,
+        status: DeliveryStatus | None = None,
     ) -> list[tuple[Delivery, list[AttemptRecord]]]:
+        await self.get(webhook_id, caller)
         return await self.store.deliveries(webhook_id, limit=limit, status=status)

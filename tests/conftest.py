@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support.auth import ADMIN_ENV
+
 pytest_plugins = ["tests.support.fixtures", "tests.support.processes"]
+
+# Every flowyard process a test starts signs in as (or bootstraps) the test admin.
+os.environ.update(ADMIN_ENV)
 
 
 @pytest.fixture(autouse=True)

@@ -121,6 +121,10 @@ webhooks = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0),
     sa.Column("failing_since", UtcDateTime, nullable=True),
+    # NULL owner: made before there were users, i.e. the admin's
+    sa.Column("owner", Name, nullable=True),
+    # true: receives every owner's events (an admin's), false: only its owner's
+    sa.Column("all_owners", sa.Boolean, nullable=False, default=True, server_default=sa.true()),
 )
 
 webhook_deliveries = sa.Table(
@@ -152,4 +156,37 @@ webhook_attempts = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=False),
+)
+
+# Users and their tokens. Only hashes are stored: argon2id of the password for
+# sign-in, bcrypt of it (or of an API token) for nats-server, and the sha256
+# digest a token is looked up by. No foreign key from tokens to users: a user
+# is removed together with their tokens in one transaction.
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("password_hash", sa.String(300), nullable=False),
+    sa.Column("nats_password_hash", sa.String(100), nullable=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("last_login_at", UtcDateTime, nullable=True),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("user_name", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("nats_password_hash", sa.String(100), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    sa.Column("last_used_at", UtcDateTime, nullable=True),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.UniqueConstraint("digest", name="uq_tokens_digest"),
 )

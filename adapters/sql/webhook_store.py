@@ -92,6 +92,8 @@ def subscription_from_row(row: sa.Row[Any]) -> Subscription:
         created_at=m["created_at"],
         consecutive_failures=int(m["consecutive_failures"]),
         failing_since=m["failing_since"],
+        owner=m["owner"],
+        all_owners=bool(m["all_owners"]),
     )
 
 
@@ -191,6 +193,8 @@ class SqlWebhookStore:
             flows=sub.flows,
             secret=sub.secret,
             created_at=sub.created_at or utcnow(),
+            owner=sub.owner,
+            all_owners=sub.all_owners,
         )
         async with self.db.write() as tx:
             await tx.conn.execute(
@@ -205,12 +209,17 @@ class SqlWebhookStore:
                     created_at=created.created_at,
                     consecutive_failures=0,
                     failing_since=None,
+                    owner=created.owner,
+                    all_owners=created.all_owners,
                 )
             )
         return created
 
-    async def list(self) -> list[Subscription]:
+    async def list(self, owner: str | None = None) -> list[Subscription]:
+        """Every subscription, or those ``owner`` made."""
         query = sa.select(webhooks).order_by(webhooks.c.created_at, webhooks.c.id)
+        if owner is not None:
+            query = query.where(webhooks.c.owner == owner)
         async with self.db.read() as conn:
             return [subscription_from_row(r) for r in (await conn.execute(query)).all()]
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from core.settings import Settings
-from services.api import errors, events, system, tasks, webhooks
+from services.api import errors, events, system, tasks, users, webhooks
 from services.runtime import Runtime
 
 STATIC = Path(__file__).parent / "static"
@@ -35,9 +35,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(webhooks.router)
+    app.include_router(users.router)
+    # no credentials needed: health, sign-in (the credentials are the request) and the pages
+    app.include_router(system.health_router)
+    app.include_router(users.public)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/login", include_in_schema=False)
+    async def login_page() -> FileResponse:
+        return FileResponse(STATIC / "login.html", media_type="text/html")
 
     return app

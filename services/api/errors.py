@@ -13,9 +13,12 @@ from core.errors import (
     ConfigError,
     Conflict,
     FlowyardError,
+    Forbidden,
     InvalidInput,
     NotFound,
     SchemaMissing,
+    TooManyAttempts,
+    Unauthenticated,
     Unavailable,
     UploadTooLarge,
 )
@@ -23,6 +26,9 @@ from core.errors import (
 log = logging.getLogger(__name__)
 
 STATUS: tuple[tuple[type[FlowyardError], int], ...] = (
+    (TooManyAttempts, 429),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
     (UploadTooLarge, 413),
     (InvalidInput, 422),
     (NotFound, 404),
@@ -44,6 +50,15 @@ def error_body(message: str, kind: str, field: str | None = None) -> dict[str, s
     return {"detail": message, "field": field, "type": kind}
 
 
+def _auth_headers(exc: FlowyardError) -> dict[str, str] | None:
+    """401 names the schemes (Bearer only: a Basic challenge would pop up a browser dialog)."""
+    if isinstance(exc, TooManyAttempts):
+        return {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": 'Bearer realm="flowyard"'}
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FlowyardError)
     async def _flowyard(_: Request, exc: FlowyardError) -> JSONResponse:
@@ -51,7 +66,8 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %s", exc.message)
         field = exc.field if isinstance(exc, InvalidInput) else None
-        return JSONResponse(error_body(exc.message, type(exc).__name__, field), status)
+        body = error_body(exc.message, type(exc).__name__, field)
+        return JSONResponse(body, status, headers=_auth_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,25 +11,28 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from core.events import Event
+from core.identity import Principal
+from services.api.auth import Caller, principal
 from services.api.deps import runtime
 from services.runtime import Runtime
 
-router = APIRouter(prefix="/api/events", tags=["events"])
+router = APIRouter(prefix="/api/events", tags=["events"], dependencies=[Depends(principal)])
 KEEPALIVE_SECONDS = 15.0
 
 
 @router.get("/stream")
 async def stream(
-    rt: Annotated[Runtime, Depends(runtime)], task: uuid.UUID | None = None
+    rt: Annotated[Runtime, Depends(runtime)], caller: Caller, task: uuid.UUID | None = None
 ) -> StreamingResponse:
+    """Live events; a user receives only the events of their own tasks."""
     return StreamingResponse(
-        _sse(rt, task),
+        _sse(rt, task, caller),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _sse(rt: Runtime, task_id: uuid.UUID | None) -> AsyncIterator[str]:
+async def _sse(rt: Runtime, task_id: uuid.UUID | None, caller: Principal) -> AsyncIterator[str]:
     async with rt.hub.subscription() as queue:
         # the subscription is live before the client sees this line: nothing after it is missed
         yield ": subscribed\n\n"
@@ -39,7 +42,7 @@ async def _sse(rt: Runtime, task_id: uuid.UUID | None) -> AsyncIterator[str]:
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if task_id is None or event.task_id == task_id:
+            if (task_id is None or event.task_id == task_id) and caller.sees(event.owner):
                 yield format_sse(event)
 
 

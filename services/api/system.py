@@ -9,11 +9,13 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 
 from core.events import utcnow
+from services.api.auth import Caller, principal
 from services.api.deps import runtime
 from services.api.schemas import WorkerOut
 from services.runtime import Runtime
 
-router = APIRouter(prefix="/api", tags=["system"])
+router = APIRouter(prefix="/api", tags=["system"], dependencies=[Depends(principal)])
+health_router = APIRouter(prefix="/api", tags=["system"])
 Rt = Annotated[Runtime, Depends(runtime)]
 
 
@@ -26,9 +28,14 @@ async def list_flows(rt: Rt) -> dict[str, Any]:
 
 
 @router.get("/workers")
-async def list_workers(rt: Rt) -> dict[str, list[WorkerOut]]:
+async def list_workers(rt: Rt, caller: Caller) -> dict[str, list[WorkerOut]]:
+    """A user sees the workers that can serve them: their own and admins' (no owner)."""
     cutoff = utcnow() - timedelta(seconds=rt.settings.worker_offline_seconds)
-    rows = await rt.store.workers()
+    rows = [
+        row
+        for row in await rt.store.workers()
+        if row["owner"] is None or caller.sees(str(row["owner"]))
+    ]
     return {
         "items": [
             WorkerOut.model_validate({**row, "online": row["last_seen_at"] >= cutoff})
@@ -37,7 +44,7 @@ async def list_workers(rt: Rt) -> dict[str, list[WorkerOut]]:
     }
 
 
-@router.get("/health")
+@health_router.get("/health")
 async def health(rt: Rt) -> dict[str, Any]:
     async with rt.db.read() as conn:
         await conn.execute(sa.text("SELECT 1"))

@@ -12,14 +12,16 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from core.errors import InvalidInput, TaskNotFound, UploadTooLarge
+from core.errors import InvalidInput, UploadTooLarge
+from core.identity import Principal
 from core.task import TaskState
+from services.api.auth import Caller, principal
 from services.api.deps import runtime
 from services.api.schemas import CreateTask, TaskOut, TaskPage
 from services.runtime import Runtime
 from services.task_service import NewTask, Upload
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[Depends(principal)])
 Rt = Annotated[Runtime, Depends(runtime)]
 
 MAX_INPUTS = 16
@@ -27,7 +29,7 @@ CHUNK = 1024 * 1024
 
 
 @router.post("", status_code=201, response_model=TaskOut)
-async def create_task(request: Request, rt: Rt) -> TaskOut:
+async def create_task(request: Request, rt: Rt, caller: Caller) -> TaskOut:
     """Multipart (``flow``, ``params`` JSON string, ``priority``, files in ``inputs``) or JSON."""
     _check_length(request, rt.settings.max_upload_bytes)
     content_type = request.headers.get("content-type", "")
@@ -36,12 +38,12 @@ async def create_task(request: Request, rt: Rt) -> TaskOut:
             body = CreateTask.model_validate_json(await request.body())
         except ValidationError as exc:
             raise _invalid(exc) from None
-        new = NewTask(body.flow, body.params, body.priority, body.owner or _owner(rt))
+        new = NewTask(body.flow, body.params, body.priority, caller.owner_for(body.owner))
         task = await rt.tasks.create(new)
         return TaskOut.of(task)
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         async with request.form(max_files=MAX_INPUTS, max_fields=32) as form:
-            new, files = _parse_form(form, _owner(rt))
+            new, files = _parse_form(form, caller)
             rt.tasks.validate(new, len(files))
             uploads = [Upload(f.filename or "", _chunks(f)) for f in files]
             task = await rt.tasks.create(new, uploads)
@@ -55,13 +57,16 @@ async def create_task(request: Request, rt: Rt) -> TaskOut:
 @router.get("", response_model=TaskPage)
 async def list_tasks(
     rt: Rt,
+    caller: Caller,
     state: TaskState | None = None,
     flow: str | None = None,
     owner: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TaskPage:
-    items = await rt.store.list(state=state, flow=flow, owner=owner, limit=limit, offset=offset)
+    items = await rt.tasks.list(
+        caller, state=state, flow=flow, owner=owner, limit=limit, offset=offset
+    )
     return TaskPage(
         items=[TaskOut.of(t) for t in items],
         limit=limit,
@@ -71,38 +76,34 @@ async def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskOut)
-async def get_task(task_id: uuid.UUID, rt: Rt) -> TaskOut:
-    return TaskOut.of(await rt.store.get(task_id))
+async def get_task(task_id: uuid.UUID, rt: Rt, caller: Caller) -> TaskOut:
+    return TaskOut.of(await rt.tasks.get(task_id, caller))
 
 
 @router.delete("/{task_id}", status_code=204)
-async def delete_task(task_id: uuid.UUID, rt: Rt) -> Response:
-    await rt.tasks.delete(task_id)
+async def delete_task(task_id: uuid.UUID, rt: Rt, caller: Caller) -> Response:
+    await rt.tasks.delete(task_id, caller)
     return Response(status_code=204)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut)
-async def cancel_task(task_id: uuid.UUID, rt: Rt) -> TaskOut:
-    return TaskOut.of(await rt.tasks.cancel(task_id))
+async def cancel_task(task_id: uuid.UUID, rt: Rt, caller: Caller) -> TaskOut:
+    return TaskOut.of(await rt.tasks.cancel(task_id, caller))
 
 
 @router.get("/{task_id}/outputs/{name}")
-async def download_output(task_id: uuid.UUID, name: str, rt: Rt) -> FileResponse:
-    task = await rt.store.get(task_id)
+async def download_output(task_id: uuid.UUID, name: str, rt: Rt, caller: Caller) -> FileResponse:
+    task = await rt.tasks.get(task_id, caller)
     path, ref = rt.files.output_path(task, name)
     return FileResponse(path, media_type=ref.media_type, filename=ref.name)
 
 
 @router.get("/{task_id}/events")
-async def task_events(task_id: uuid.UUID, rt: Rt) -> dict[str, list[dict[str, Any]]]:
-    events = await rt.store.events(task_id)
-    if not events:
-        raise TaskNotFound(f"no task has id {task_id}")
+async def task_events(
+    task_id: uuid.UUID, rt: Rt, caller: Caller
+) -> dict[str, list[dict[str, Any]]]:
+    events = await rt.tasks.events(task_id, caller)
     return {"items": [e.model_dump(mode="json") for e in events]}
-
-
-def _owner(rt: Runtime) -> str:
-    return rt.settings.default_owner
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -116,7 +117,7 @@ def _check_length(request: Request, limit: int) -> None:
         )
 
 
-def _parse_form(form: FormData, default_owner: str) -> tuple[NewTask, list[UploadFile]]:
+def _parse_form(form: FormData, caller: Principal) -> tuple[NewTask, list[UploadFile]]:
     flow = form.get("flow")
     if not isinstance(flow, str) or not flow.strip():
         raise InvalidInput("flow: required, the name of a flow (see GET /api/flows)", field="flow")
@@ -145,7 +146,10 @@ def _parse_form(form: FormData, default_owner: str) -> tuple[NewTask, list[Uploa
             raise InvalidInput("inputs: must be files, not text fields", field="inputs")
         files.append(value)
     new = NewTask(
-        flow, params, priority, owner if isinstance(owner, str) and owner else default_owner
+        flow,
+        params,
+        priority,
+        caller.owner_for(owner if isinstance(owner, str) and owner else None),
     )
     return new, files
 

@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.sql.webhook_store import AttemptRecord, Delivery
 from core.webhook import DeliveryStatus, Subscription
+from services.api.auth import Caller, principal
 from services.api.deps import runtime
 from services.runtime import Runtime
 from services.webhook_service import NewWebhook
 
-router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], dependencies=[Depends(principal)])
 Rt = Annotated[Runtime, Depends(runtime)]
 
 
@@ -29,6 +30,12 @@ class CreateWebhook(BaseModel):
     events: list[str] | None = Field(default=None, description="default: task.done")
     flows: list[str] | None = Field(default=None, description="default: every flow")
     secret: str | None = Field(default=None, description="whsec_<base64>; generated if absent")
+    owner: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="whose task events (admins only; default yours, or every owner's for admins)",
+    )
 
 
 class WebhookOut(BaseModel):
@@ -40,6 +47,8 @@ class WebhookOut(BaseModel):
     disabled_reason: str | None
     created_at: datetime | None
     consecutive_failures: int
+    owner: str | None
+    all_owners: bool
 
     @classmethod
     def of(cls, sub: Subscription) -> WebhookOut:
@@ -52,6 +61,8 @@ class WebhookOut(BaseModel):
             disabled_reason=sub.disabled_reason,
             created_at=sub.created_at,
             consecutive_failures=sub.consecutive_failures,
+            owner=sub.owner,
+            all_owners=sub.all_owners,
         )
 
 
@@ -106,31 +117,32 @@ class DeliveryOut(BaseModel):
 
 
 @router.post("", status_code=201, response_model=WebhookCreated)
-async def create_webhook(body: CreateWebhook, rt: Rt) -> WebhookCreated:
-    sub = await rt.webhooks.create(NewWebhook(body.url, body.events, body.flows, body.secret))
+async def create_webhook(body: CreateWebhook, rt: Rt, caller: Caller) -> WebhookCreated:
+    request = NewWebhook(body.url, body.events, body.flows, body.secret, body.owner)
+    sub = await rt.webhooks.create(request, caller)
     return WebhookCreated(**WebhookOut.of(sub).model_dump(), secret=sub.secret)
 
 
 @router.get("")
-async def list_webhooks(rt: Rt) -> dict[str, list[WebhookOut]]:
-    return {"items": [WebhookOut.of(sub) for sub in await rt.webhooks.list()]}
+async def list_webhooks(rt: Rt, caller: Caller) -> dict[str, list[WebhookOut]]:
+    return {"items": [WebhookOut.of(sub) for sub in await rt.webhooks.list(caller)]}
 
 
 @router.get("/{webhook_id}", response_model=WebhookOut)
-async def get_webhook(webhook_id: uuid.UUID, rt: Rt) -> WebhookOut:
-    return WebhookOut.of(await rt.webhooks.get(webhook_id))
+async def get_webhook(webhook_id: uuid.UUID, rt: Rt, caller: Caller) -> WebhookOut:
+    return WebhookOut.of(await rt.webhooks.get(webhook_id, caller))
 
 
 @router.delete("/{webhook_id}", status_code=204)
-async def delete_webhook(webhook_id: uuid.UUID, rt: Rt) -> Response:
-    await rt.webhooks.delete(webhook_id)
+async def delete_webhook(webhook_id: uuid.UUID, rt: Rt, caller: Caller) -> Response:
+    await rt.webhooks.delete(webhook_id, caller)
     return Response(status_code=204)
 
 
 @router.post("/{webhook_id}/enable", response_model=WebhookOut)
-async def enable_webhook(webhook_id: uuid.UUID, rt: Rt) -> WebhookOut:
+async def enable_webhook(webhook_id: uuid.UUID, rt: Rt, caller: Caller) -> WebhookOut:
     """Turn a disabled subscription back on; its pending deliveries resume."""
-    sub = await rt.webhooks.enable(webhook_id)
+    sub = await rt.webhooks.enable(webhook_id, caller)
     rt.dispatcher.wake()
     return WebhookOut.of(sub)
 
@@ -139,9 +151,10 @@ async def enable_webhook(webhook_id: uuid.UUID, rt: Rt) -> WebhookOut:
 async def list_deliveries(
     webhook_id: uuid.UUID,
     rt: Rt,
+    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     status: DeliveryStatus | None = None,
 ) -> dict[str, list[DeliveryOut]]:
     """The newest deliveries first, each with every attempt (status code, error, duration)."""
-    rows = await rt.webhooks.deliveries(webhook_id, limit=limit, status=status)
+    rows = await rt.webhooks.deliveries(webhook_id, caller, limit=limit, status=status)
     return {"items": [DeliveryOut.of(d, attempts) for d, attempts in rows]}

@@ -30,6 +30,7 @@ from tests.integration.test_db_workers import (
     start_server,
     start_worker,
 )
+from tests.support.auth import ADMIN_AUTH
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import ProcessGroup, wait_all_finished, wait_until
 from tests.support.task_db import create_tasks, open_store, read_log, task_states
@@ -41,7 +42,7 @@ SHORT_LEASE = {"FLOWYARD_LEASE_SECONDS": "2"}
 
 async def wait_for_state(base_url: str, task_id: uuid.UUID, state: str, within: float) -> dict:
     deadline = time.monotonic() + within
-    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+    async with httpx.AsyncClient(auth=ADMIN_AUTH, base_url=base_url, timeout=5) as client:
         while True:
             task: dict = (await client.get(f"/api/tasks/{task_id}")).json()
             if task["state"] == state:
@@ -146,7 +147,9 @@ async def test_postgres_restart_mid_run_loses_nothing_and_finishes_nothing_twice
         assert all(w.alive() for w in workers), flowyard_processes.tails()
         felt = [w for w in workers if "retrying" in w.log_text() or "LISTEN" in w.log_text()]
         assert felt, "no worker noticed the outage"
-        async with httpx.AsyncClient(base_url=server.url or "", timeout=10) as client:
+        async with httpx.AsyncClient(
+            auth=ADMIN_AUTH, base_url=server.url or "", timeout=10
+        ) as client:
             assert (await client.get("/api/health")).status_code == 200
             listed = (await client.get("/api/workers")).json()["items"]
         assert sorted(w["name"] for w in listed if w["online"]) == ["w0", "w1", "w2", "w3"]

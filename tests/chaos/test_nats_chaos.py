@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.auth import ADMIN_AUTH
 from tests.support.nats import NatsServer
 from tests.support.nats_processes import (
     create,
@@ -137,6 +138,6 @@ def task_states_sync(server: object) -> int:
     import httpx
 
     url = getattr(server, "url", "")
-    with httpx.Client(base_url=url, timeout=5) as client:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=url, timeout=5) as client:
         response = client.get("/api/tasks", params={"state": "succeeded", "limit": 500})
         return len(response.json()["items"])

@@ -37,6 +37,7 @@ from core.ports import WorkerIdentity
 from core.settings import normalise_database_uri
 from core.task import TaskState
 from services.event_tailer import EventTailer
+from tests.support.auth import ADMIN_AUTH
 from tests.support.processes import (
     ManagedProcess,
     ProcessGroup,
@@ -318,7 +319,7 @@ async def post_tasks(
 ) -> list[uuid.UUID]:
     """Create tasks through the HTTP API, a few requests at a time."""
     limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    async with httpx.AsyncClient(auth=ADMIN_AUTH, base_url=base_url, timeout=30) as client:
 
         async def post(body: dict[str, Any]) -> uuid.UUID:
             async with limit:
@@ -396,7 +397,7 @@ async def test_worker_processes_drain_2000_tasks_exactly_once_with_filters(
         assert set(by_worker["bob-sleep"]) == {"bob"}
         assert "blur-only" not in by_worker
 
-        async with httpx.AsyncClient(base_url=server.url or "") as client:
+        async with httpx.AsyncClient(auth=ADMIN_AUTH, base_url=server.url or "") as client:
             listed = (await client.get("/api/workers")).json()["items"]
         seen = {w["name"]: w for w in listed}
         assert set(seen) == set(workers)
@@ -447,7 +448,7 @@ async def test_idle_workers_leave_the_database_alone_and_wake_within_millisecond
     assert per_process < 5
 
     events: list[tuple[str, str, str]] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    async with httpx.AsyncClient(auth=ADMIN_AUTH, base_url=base_url, timeout=30) as client:
         subscribed = asyncio.Event()
 
         async def listen() -> None:
@@ -507,7 +508,7 @@ async def test_sigterm_lets_the_running_flow_finish_and_a_foreign_folder_fails_c
 
     [task_id] = await post_tasks(base_url, [sleep_task(2.0)])
     [foreign] = await post_tasks(base_url, [sleep_task(owner="mallory")])
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+    async with httpx.AsyncClient(auth=ADMIN_AUTH, base_url=base_url, timeout=10) as client:
         for _ in range(100):
             task = (await client.get(f"/api/tasks/{task_id}")).json()
             if task["state"] == "running":

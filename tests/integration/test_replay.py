@@ -46,6 +46,7 @@ from core.events import (
 from core.replay import EventFilter
 from services.cli.main import build_app, run_cli
 from services.event_replay import STREAM, SqlEventLog, rebuild_and_compare
+from tests.support.auth import ADMIN_AUTH
 from tests.support.nats import NatsServer
 from tests.support.processes import (
     ManagedProcess,
@@ -224,13 +225,13 @@ def run_workload(group: ProcessGroup, data: Path) -> tuple[ManagedProcess, dict[
     args = ["--data-dir", str(data), "--lease-seconds", "6"]
     first = group.start_server(args, SERVER_ENV, name="first")
     first.wait_healthy(60)
-    with httpx.Client(base_url=first.url or "", timeout=10) as api:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=first.url or "", timeout=10) as api:
         retried = create(api, seconds=2, steps=4)
         wait_until(lambda: task_of(api, retried)["state"] == "running", 20, "the task to run")
     first.kill()
     server = group.start_server(args, SERVER_ENV, name="second")
     server.wait_healthy(60)
-    with httpx.Client(base_url=server.url or "", timeout=10) as api:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=server.url or "", timeout=10) as api:
         ids = {
             "retried": retried,
             "succeeded": create(api, seconds=0.2, steps=2),
@@ -274,7 +275,7 @@ def test_replay_prints_every_event_in_log_order(
     server, data, ids = workload
     printed = lines(replay_process("--data-dir", str(data)))
     assert lines(replay("--data-dir", str(data))) == printed
-    with httpx.Client(base_url=server.url or "", timeout=10) as api:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=server.url or "", timeout=10) as api:
         per_task = {
             tid: api.get(f"/api/tasks/{tid}/events").json()["items"] for tid in ids.values()
         }
@@ -349,7 +350,7 @@ def test_replay_redelivers_to_a_webhook_under_the_original_ids(
     server, data, ids = workload
     receiver = WebhookReceiver().start()
     try:
-        with httpx.Client(base_url=server.url or "", timeout=10) as api:
+        with httpx.Client(auth=ADMIN_AUTH, base_url=server.url or "", timeout=10) as api:
             sub = api.post("/api/webhooks", json={"url": receiver.url}).json()
             done = lines(replay("--data-dir", str(data), "--type", "task.done"))
             target = f"webhook:{sub['id']}"

@@ -28,6 +28,7 @@ from adapters.sql.webhook_store import SqlWebhookStore
 from adapters.webhook_sender import verify
 from core.errors import InvalidInput, WebhookNotFound
 from core.events import TaskClaimed, TaskCreated, TaskDone, TaskProgress, utcnow
+from core.identity import Principal, Role
 from core.settings import Settings
 from core.webhook import DeliveryStatus, Outcome, RetryPolicy, Subscription
 from services.webhook_dispatcher import WebhookDispatcher
@@ -36,6 +37,7 @@ from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)
 
+ADMIN = Principal("admin", Role.admin)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -72,7 +74,7 @@ async def stores(db_uri: str) -> AsyncIterator[Stores]:
 
 
 async def deliveries_of(s: Stores, sub: Subscription) -> list[tuple[str, uuid.UUID]]:
-    rows = await s.webhooks.deliveries(sub.id, limit=100)
+    rows = await s.webhooks.deliveries(sub.id, ADMIN, limit=100)
     return sorted((d.event_type, d.event_id) for d, _ in rows)
 
 
@@ -116,9 +118,9 @@ async def test_migration_round_trip(db_uri: str) -> None:
 
 
 async def test_matching_events_create_deliveries_in_their_own_transaction(stores: Stores) -> None:
-    every = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a"))
+    every = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a"), ADMIN)
     blur = await stores.webhooks.create(
-        NewWebhook("http://127.0.0.1:9/b", ["task.created", "task.done"], ["image.blur"])
+        NewWebhook("http://127.0.0.1:9/b", ["task.created", "task.done"], ["image.blur"]), ADMIN
     )
     sleep_events, blur_events = finished_task("debug.sleep"), finished_task("image.blur")
     for event in [*sleep_events, *blur_events]:
@@ -152,7 +154,7 @@ async def test_matching_events_create_deliveries_in_their_own_transaction(stores
 
 async def test_claim_lease_attempts_and_health(stores: Stores, db_uri: str) -> None:
     store = stores.webhooks.store
-    sub = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a", secret=SECRET))
+    sub = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a", secret=SECRET), ADMIN)
     for _ in range(3):
         for event in finished_task():
             await stores.tasks.record(event)
@@ -209,7 +211,8 @@ async def test_claim_lease_attempts_and_health(stores: Stores, db_uri: str) -> N
     assert "410" in (disabled.disabled_reason or "")
     assert await store.enabled() == []
     listed = {
-        d.id: (d, attempts) for d, attempts in await stores.webhooks.deliveries(sub.id, limit=10)
+        d.id: (d, attempts)
+        for d, attempts in await stores.webhooks.deliveries(sub.id, ADMIN, limit=10)
     }
     assert listed[retry.id][0].last_status_code == 503
     assert [(a.status_code, a.error, a.duration_ms) for a in listed[retry.id][1]] == [
@@ -217,7 +220,7 @@ async def test_claim_lease_attempts_and_health(stores: Stores, db_uri: str) -> N
     ]
     assert listed[ok.id][0].delivered_at == now
 
-    enabled = await stores.webhooks.enable(sub.id)
+    enabled = await stores.webhooks.enable(sub.id, ADMIN)
     assert enabled.enabled
     assert enabled.disabled_reason is None
     assert enabled.consecutive_failures == 0
@@ -225,7 +228,7 @@ async def test_claim_lease_attempts_and_health(stores: Stores, db_uri: str) -> N
 
 async def test_requeue_resets_a_delivered_event_instead_of_duplicating_it(stores: Stores) -> None:
     store = stores.webhooks.store
-    sub = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a"))
+    sub = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a"), ADMIN)
     events = finished_task()
     for event in events:
         await stores.tasks.record(event)
@@ -235,7 +238,7 @@ async def test_requeue_resets_a_delivered_event_instead_of_duplicating_it(stores
         outcome=Outcome.delivered, policy=RetryPolicy(),
     )  # fmt: skip
     assert await store.requeue(sub.id, events) == 3
-    rows = {d.event_id: d for d, _ in await stores.webhooks.deliveries(sub.id, limit=10)}
+    rows = {d.event_id: d for d, _ in await stores.webhooks.deliveries(sub.id, ADMIN, limit=10)}
     assert set(rows) == {e.id for e in events}
     assert all(d.status is DeliveryStatus.pending and d.attempts == 0 for d in rows.values())
     with pytest.raises(WebhookNotFound):
@@ -243,16 +246,16 @@ async def test_requeue_resets_a_delivered_event_instead_of_duplicating_it(stores
 
 
 async def test_removing_a_subscription_removes_its_deliveries(stores: Stores) -> None:
-    sub = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a"))
+    sub = await stores.webhooks.create(NewWebhook("http://127.0.0.1:9/a"), ADMIN)
     for event in finished_task():
         await stores.tasks.record(event)
-    await stores.webhooks.delete(sub.id)
+    await stores.webhooks.delete(sub.id, ADMIN)
     async with stores.db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(webhook_deliveries)) == 0
     with pytest.raises(WebhookNotFound):
-        await stores.webhooks.deliveries(sub.id, limit=5)
+        await stores.webhooks.deliveries(sub.id, ADMIN, limit=5)
     with pytest.raises(WebhookNotFound):
-        await stores.webhooks.delete(sub.id)
+        await stores.webhooks.delete(sub.id, ADMIN)
 
 
 # -- the dispatcher in-process (SQLite) ---------------------------------------------
@@ -281,7 +284,7 @@ async def open_dispatcher(tmp_path: Path, **overrides: object) -> tuple[Stores, 
 async def test_dispatcher_signs_and_delivers(tmp_path: Path, receiver: WebhookReceiver) -> None:
     s, dispatcher = await open_dispatcher(tmp_path)
     try:
-        sub = await s.webhooks.create(NewWebhook(receiver.url, secret=SECRET))
+        sub = await s.webhooks.create(NewWebhook(receiver.url, secret=SECRET), ADMIN)
         events = finished_task()
         for event in events:
             await s.tasks.record(event)
@@ -290,7 +293,7 @@ async def test_dispatcher_signs_and_delivers(tmp_path: Path, receiver: WebhookRe
         assert got.webhook_id == str(events[2].id)
         assert verify(SECRET, got.headers, got.body)
         assert got.json()["status"] == "succeeded"
-        ((delivery, attempts),) = await s.webhooks.deliveries(sub.id, limit=5)
+        ((delivery, attempts),) = await s.webhooks.deliveries(sub.id, ADMIN, limit=5)
         assert delivery.status is DeliveryStatus.delivered
         assert [a.status_code for a in attempts] == [200]
     finally:
@@ -303,7 +306,7 @@ async def test_send_time_guard_refuses_private_targets(
     s, dispatcher = await open_dispatcher(tmp_path, webhooks_allow_private=False)
     try:
         with pytest.raises(InvalidInput, match="loopback/private targets are refused"):
-            await s.webhooks.create(NewWebhook(receiver.url))
+            await s.webhooks.create(NewWebhook(receiver.url), ADMIN)
         # a row that got past the first check (say, DNS changed since) is refused at send time
         sub = Subscription(uuid.uuid4(), receiver.url, ("task.done",), None, SECRET)
         await s.webhooks.store.create(sub)
@@ -312,7 +315,7 @@ async def test_send_time_guard_refuses_private_targets(
             await s.tasks.record(event)
         await dispatch(dispatcher)
         assert receiver.received == []
-        ((delivery, attempts),) = await s.webhooks.deliveries(sub.id, limit=5)
+        ((delivery, attempts),) = await s.webhooks.deliveries(sub.id, ADMIN, limit=5)
         assert delivery.status is DeliveryStatus.pending
         assert attempts[0].status_code is None
         assert "refused" in (attempts[0].error or "")
@@ -328,18 +331,18 @@ async def test_failing_receiver_is_retried_then_disabled_with_a_reason(
         tmp_path, webhook_retry_hours=0.5 / 3600, webhook_disable_after=3
     )
     try:
-        sub = await s.webhooks.create(NewWebhook(receiver.url))
+        sub = await s.webhooks.create(NewWebhook(receiver.url), ADMIN)
         for event in finished_task():
             await s.tasks.record(event)
         for _ in range(200):  # bounded: the retry period is half a second
             await dispatch(dispatcher)
-            if not (await s.webhooks.get(sub.id)).enabled:
+            if not (await s.webhooks.get(sub.id, ADMIN)).enabled:
                 break
             await asyncio.sleep(0.02)
-        disabled = await s.webhooks.get(sub.id)
+        disabled = await s.webhooks.get(sub.id, ADMIN)
         assert not disabled.enabled
         assert "consecutive failed attempts" in (disabled.disabled_reason or "")
-        ((delivery, attempts),) = await s.webhooks.deliveries(sub.id, limit=5)
+        ((delivery, attempts),) = await s.webhooks.deliveries(sub.id, ADMIN, limit=5)
         assert delivery.status is DeliveryStatus.failed
         assert len(attempts) >= 3
         assert {a.status_code for a in attempts} == {500}

@@ -24,6 +24,7 @@ from PIL import Image
 
 from adapters.webhook_sender import generate_secret, verify
 from services.cli.main import build_app, run_cli
+from tests.support.auth import ADMIN_AUTH
 from tests.support.ports import free_port
 from tests.support.processes import (
     ManagedProcess,
@@ -60,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]
 
 @pytest.fixture
 def api(server: ManagedProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url or "", timeout=10.0) as client:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=server.url or "", timeout=10.0) as client:
         yield client
 
 
@@ -375,7 +376,7 @@ def test_ssrf_guard_refuses_private_targets_without_the_flag(
         ["--data-dir", str(tmp_path / "data"), "--workers", "0"]
     )
     strict.wait_healthy(60)
-    with httpx.Client(base_url=strict.url or "", timeout=10) as client:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=strict.url or "", timeout=10) as client:
         for url in [
             "http://127.0.0.1:8080/hook",
             "http://localhost/hook",
@@ -408,7 +409,7 @@ def test_pending_deliveries_resume_after_the_server_is_killed(
     first = flowyard_processes.start_server(args, env, name="before-kill")
     first.wait_healthy(60)
     receiver = WebhookReceiver()  # down while the tasks finish
-    with httpx.Client(base_url=first.url or "", timeout=10) as api:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=first.url or "", timeout=10) as api:
         sub = subscribe(api, receiver.url)
         task_ids = [sleep_task(api) for _ in range(3)]
         wait_all_finished(first.url or "", 30)
@@ -447,7 +448,7 @@ def test_events_of_database_workers_are_delivered_too(
     server.wait_healthy(60)
     receiver = WebhookReceiver().start()
     try:
-        with httpx.Client(base_url=server.url or "", timeout=10) as api:
+        with httpx.Client(auth=ADMIN_AUTH, base_url=server.url or "", timeout=10) as api:
             sub = subscribe(api, receiver.url)
             worker = flowyard_processes.start_worker(
                 ["--db", pg_uri, "--files", str(files), "--name", "dbw"], SERVER_ENV

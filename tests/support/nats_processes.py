@@ -23,6 +23,7 @@ from adapters.sql.schema import tasks
 from adapters.sql.task_store import SqlTaskStore, append_events
 from core.events import TaskCreated
 from core.task import apply
+from tests.support.auth import ADMIN_AUTH
 from tests.support.processes import ManagedProcess, ProcessError, ProcessGroup, flowyard_command
 
 DB_ENV = ("FLOWYARD_DATABASE_URI", "FLOWYARD_FILES_DIR", "FLOWYARD_DATA_DIR", "FLOWYARD_CONFIG")
@@ -97,7 +98,7 @@ def wait_worker_ready(process: ManagedProcess, timeout: float = 60.0) -> None:
 
 def api(server: ManagedProcess) -> httpx.Client:
     assert server.url is not None
-    return httpx.Client(base_url=server.url, timeout=10.0)
+    return httpx.Client(auth=ADMIN_AUTH, base_url=server.url, timeout=10.0)
 
 
 def create(server: ManagedProcess, flow: str, params: dict[str, Any], **extra: Any) -> uuid.UUID:

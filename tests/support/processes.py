@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.auth import ADMIN_AUTH
 from tests.support.ports import free_port, kill_tree, parent_death_preexec, track, untrack
 
 TAIL_CHARS = 3000
@@ -156,7 +157,7 @@ class ManagedProcess:
             raise ValueError(f"{self.name} has no URL; start it with start_server")
         deadline = time.monotonic() + timeout
         last = "no answer yet"
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+        with httpx.Client(auth=ADMIN_AUTH, base_url=self.url, timeout=2.0) as client:
             while True:
                 if not self.alive():
                     raise ProcessError(
@@ -283,7 +284,7 @@ def wait_until(
 
 def unfinished_count(base_url: str) -> int:
     """Queued plus running tasks on the server at ``base_url`` (at most 1 + 1 counted)."""
-    with httpx.Client(base_url=base_url, timeout=5.0) as client:
+    with httpx.Client(auth=ADMIN_AUTH, base_url=base_url, timeout=5.0) as client:
         total = 0
         for state in ("queued", "running"):
             response = client.get("/api/tasks", params={"state": state, "limit": 1})

@@ -1,0 +1,245 @@
+"""Sign-in and identity: ``/api/login``, ``/api/logout``, ``/api/me``, admin ``/api/users``.
+
+A token's secret appears in the response that creates it and never again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.sql.user_store import SqlUserStore
+from core.errors import Unauthenticated
+from core.events import utcnow
+from core.identity import ApiToken, Role, User, check_user_name
+from services.api.auth import (
+    SESSION_COOKIE,
+    Admin,
+    Caller,
+    authenticator,
+    client_address,
+    principal,
+)
+from services.auth_service import Authenticator, csrf_token
+
+public = APIRouter(prefix="/api", tags=["users"])
+router = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(principal)])
+Auth = Annotated[Authenticator, Depends(authenticator)]
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            name=user.name,
+            role=user.role,
+            disabled=user.disabled,
+            created_at=user.created_at,
+            last_login_at=user.last_login_at,
+        )
+
+
+class MeOut(BaseModel):
+    name: str
+    role: Role
+    auth_required: bool
+    csrf_token: str | None = Field(
+        default=None, description="send as X-CSRF-Token with changes when signed in by cookie"
+    )
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class CreateUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+    role: Role = Role.user
+
+
+class UpdateUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    disabled: bool | None = None
+    role: Role | None = None
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+
+
+class CreateToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="api token", min_length=1, max_length=200)
+    expires_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class TokenOut(BaseModel):
+    id: str
+    user: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, token: ApiToken) -> TokenOut:
+        return cls(
+            id=token.id,
+            user=token.user,
+            name=token.name,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            last_used_at=token.last_used_at,
+            revoked_at=token.revoked_at,
+        )
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown only in this response")
+
+
+def _users(auth: Authenticator) -> SqlUserStore:
+    return auth.users
+
+
+# -- sign-in (public: the credentials are the request) ----------------------
+
+
+@public.post("/login", response_model=MeOut)
+async def login(
+    request: Request,
+    response: Response,
+    auth: Auth,
+    body: Annotated[Login | None, Body()] = None,
+) -> MeOut:
+    """Check a name and password and start a web session (an HttpOnly cookie)."""
+    if body is None:
+        raise Unauthenticated("send {'name': …, 'password': …} to sign in")
+    if not auth.required:
+        return MeOut(name=auth.local.name, role=auth.local.role, auth_required=False)
+    user = await auth.password(body.name, body.password, client_address(request))
+    secret = await auth.open_session(user)
+    response.set_cookie(
+        SESSION_COOKIE,
+        secret,
+        max_age=int(auth.session_lifetime.total_seconds()),
+        httponly=True,
+        samesite="lax",
+        secure=auth.cookie_secure or request.url.scheme == "https",
+        path="/",
+    )
+    return MeOut(name=user.name, role=user.role, auth_required=True, csrf_token=csrf_token(secret))
+
+
+@router.post("/logout", status_code=204)
+async def logout(request: Request, auth: Auth) -> Response:
+    session = request.cookies.get(SESSION_COOKIE)
+    if session:
+        await auth.close_session(session)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/me", response_model=MeOut)
+async def me(request: Request, caller: Caller, auth: Auth) -> MeOut:
+    session = request.cookies.get(SESSION_COOKIE)
+    by_cookie = auth.required and session and "authorization" not in request.headers
+    return MeOut(
+        name=caller.name,
+        role=caller.role,
+        auth_required=auth.required,
+        csrf_token=csrf_token(session) if by_cookie and session else None,
+    )
+
+
+@router.get("/me/tokens")
+async def my_tokens(caller: Caller, auth: Auth) -> dict[str, list[TokenOut]]:
+    return {"items": [TokenOut.of(t) for t in await _users(auth).tokens(caller.name)]}
+
+
+@router.post("/me/tokens", status_code=201, response_model=TokenCreated)
+async def create_my_token(body: CreateToken, caller: Caller, auth: Auth) -> TokenCreated:
+    return await _create_token(auth, caller.name, body)
+
+
+@router.delete("/me/tokens/{token_id}", status_code=204)
+async def revoke_my_token(token_id: str, caller: Caller, auth: Auth) -> Response:
+    await _users(auth).revoke_token(token_id, user=caller.name)
+    return Response(status_code=204)
+
+
+# -- administration ----------------------------------------------------------
+
+
+@router.get("/users")
+async def list_users(_: Admin, auth: Auth) -> dict[str, list[UserOut]]:
+    return {"items": [UserOut.of(u) for u in await _users(auth).list()]}
+
+
+@router.post("/users", status_code=201, response_model=UserOut)
+async def create_user(body: CreateUser, _: Admin, auth: Auth) -> UserOut:
+    return UserOut.of(await _users(auth).create(body.name, body.password, body.role))
+
+
+@router.get("/users/{name}", response_model=UserOut)
+async def get_user(name: str, _: Admin, auth: Auth) -> UserOut:
+    return UserOut.of(await _users(auth).get(check_user_name(name)))
+
+
+@router.patch("/users/{name}", response_model=UserOut)
+async def update_user(name: str, body: UpdateUser, _: Admin, auth: Auth) -> UserOut:
+    users = _users(auth)
+    check_user_name(name)
+    if body.password is not None:
+        await users.set_password(name, body.password)
+    if body.role is not None:
+        await users.set_role(name, body.role)
+    if body.disabled is not None:
+        await users.set_disabled(name, body.disabled)
+    return UserOut.of(await users.get(name))
+
+
+@router.delete("/users/{name}", status_code=204)
+async def remove_user(name: str, _: Admin, auth: Auth) -> Response:
+    await _users(auth).remove(check_user_name(name))
+    return Response(status_code=204)
+
+
+@router.get("/users/{name}/tokens")
+async def user_tokens(name: str, _: Admin, auth: Auth) -> dict[str, list[TokenOut]]:
+    users = _users(auth)
+    await users.get(check_user_name(name))
+    return {"items": [TokenOut.of(t) for t in await users.tokens(name)]}
+
+
+@router.post("/users/{name}/tokens", status_code=201, response_model=TokenCreated)
+async def create_user_token(name: str, body: CreateToken, _: Admin, auth: Auth) -> TokenCreated:
+    return await _create_token(auth, check_user_name(name), body)
+
+
+@router.delete("/users/{name}/tokens/{token_id}", status_code=204)
+async def revoke_user_token(name: str, token_id: str, _: Admin, auth: Auth) -> Response:
+    await _users(auth).revoke_token(token_id, user=check_user_name(name))
+    return Response(status_code=204)
+
+
+async def _create_token(auth: Authenticator, user: str, body: CreateToken) -> TokenCreated:
+    expires = None if body.expires_days is None else utcnow() + timedelta(days=body.expires_days)
+    token, secret = await _users(auth).create_token(user, name=body.name, expires_at=expires)
+    return TokenCreated(**TokenOut.of(token).model_dump(), token=secret)
