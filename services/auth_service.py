@@ -78,6 +78,8 @@ class Authenticator:
 
     async def password(self, name: str, password: str, client: str) -> User:
         now = self._clock()
+        keys = (f"user:{name.lower()}", f"addr:{client}")
+        self.limiter.check(keys, now)  # first: a throttled guesser learns nothing, even if right
         memo = hashlib.sha256(f"{name}\0{password}".encode()).hexdigest()
         remembered = self._verified.pop(memo, None)
         if remembered is not None and now < remembered[1]:
@@ -85,8 +87,6 @@ class Authenticator:
             if current is not None:
                 self._verified[memo] = (current, remembered[1])
                 return current
-        keys = (f"user:{name.lower()}", f"addr:{client}")
-        self.limiter.check(keys, now)
         user = await self.users.check_password(name, password)
         if user is None:
             self.limiter.failed(keys, now)

@@ -92,7 +92,11 @@ class Runtime:
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)
         runtime.auth = Authenticator(SqlUserStore(db), settings)
-        await runtime.auth.bootstrap(settings)  # refuses a networked server nobody can administer
+        try:
+            await runtime.auth.bootstrap(settings)  # refuses a server nobody can administer
+        except BaseException:
+            await runtime.close()
+            raise
         recorder = install_webhooks(db, settings)  # delivery rows commit with their events
         runtime.webhooks = WebhookService(SqlWebhookStore(db), recorder, settings)
         runtime.dispatcher = WebhookDispatcher(runtime.webhooks.store, recorder, settings)
