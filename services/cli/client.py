@@ -4,13 +4,17 @@ Error responses become the ``core.errors`` type the server raised, so a command
 handles one error tree whether a failure happened here or on the server. Files
 move as streams in both directions: the CLI never holds a whole input or output
 in memory.
+
+Credentials (an ``httpx.Auth``) go with every request, streams and downloads
+included, but only to the server's own origin: an output URL pointing elsewhere
+never receives them. A 401 becomes one line that says how to sign in.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -28,8 +32,11 @@ from core.errors import (
     ConfigError,
     Conflict,
     FlowyardError,
+    Forbidden,
     InvalidInput,
     NotFound,
+    TooManyAttempts,
+    Unauthenticated,
     Unavailable,
     UnsafeFileName,
     UploadTooLarge,
@@ -65,18 +72,24 @@ _ERROR_TYPES: dict[str, type[FlowyardError]] = {
 }
 _STATUS_BASES: dict[int, type[FlowyardError]] = {
     400: InvalidInput,
+    401: Unauthenticated,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: UploadTooLarge,
     422: InvalidInput,
+    429: TooManyAttempts,
 }
 
 
-def error_from_response(status: int, body: Any, reason: str = "") -> FlowyardError:
+def error_from_response(
+    status: int, body: Any, reason: str = "", *, retry_after: str | None = None
+) -> FlowyardError:
     """The ``core.errors`` instance for an error response (``body`` is its decoded JSON or text).
 
     The body's ``type`` picks a subclass only when it fits the status, so a confused
-    server cannot turn a 404 into, say, a ``Conflict``.
+    server cannot turn a 404 into, say, a ``Conflict``. ``retry_after`` is the
+    ``Retry-After`` header of a 429.
     """
     detail, field, type_name = _error_parts(body)
     if status >= 500:
@@ -91,7 +104,17 @@ def error_from_response(status: int, body: Any, reason: str = "") -> FlowyardErr
     cls = named if named is not None and issubclass(named, base) else base
     if issubclass(cls, InvalidInput):
         return cls(detail, field=field)
+    if issubclass(cls, TooManyAttempts):
+        return cls(detail, retry_after=_seconds(retry_after))
     return cls(detail)
+
+
+def _seconds(value: str | None, default: float = 60.0) -> float:
+    """``Retry-After`` in seconds (only the delay form: flowyard never sends a date)."""
+    try:
+        return max(0.0, float(value)) if value is not None else default
+    except ValueError:
+        return default
 
 
 def _error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
@@ -122,19 +145,86 @@ def safe_output_name(name: str) -> str:
     return name
 
 
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer <token>``; ``stored`` marks a token saved by ``flowyard login``.
+
+    ``stored`` only changes what a 401 says: such a token may have expired or been
+    revoked since, and signing in again is the fix.
+    """
+
+    def __init__(self, token: str, *, stored: bool = False) -> None:
+        self.token = token
+        self.stored = stored
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+    def __repr__(self) -> str:  # never the secret, not even in a traceback
+        return f"BearerAuth(stored={self.stored})"
+
+
+class _SameOriginAuth(httpx.Auth):
+    """Applies ``inner`` only to requests for the server's own scheme, host and port."""
+
+    def __init__(self, inner: httpx.Auth, server: str) -> None:
+        self._inner = inner
+        self._origin = _origin(httpx.URL(server))
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self._origin:
+            yield from self._inner.auth_flow(request)
+        else:
+            yield request
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def sign_in_hint(server: str) -> str:
+    """How to sign in to ``server``, in the words every 401 uses."""
+    return (
+        f"run 'flowyard login {server}', or pass --token / set FLOWYARD_TOKEN, "
+        "or --user with FLOWYARD_PASSWORD"
+    )
+
+
+def explain_unauthenticated(server: str, auth: httpx.Auth | None, detail: str) -> str:
+    """The one line for a 401: what was refused (if anything was sent) and how to sign in."""
+    if auth is None:
+        why = ""
+    elif isinstance(auth, BearerAuth) and auth.stored:
+        why = " (the token saved by 'flowyard login' may have expired or been revoked)"
+    elif isinstance(auth, BearerAuth):
+        why = f" (the token was refused: {detail})"
+    else:
+        why = f" (the user name and password were refused: {detail})"
+    return f"the server at {server} needs you to sign in{why}: {sign_in_hint(server)}"
+
+
 class ApiClient:
-    """The HTTP API as async methods; use as ``async with ApiClient(url) as api``."""
+    """The HTTP API as async methods; use as ``async with ApiClient(url, auth=...) as api``.
+
+    ``explain_401=False`` keeps the server's own 401 message, for callers (``login``)
+    that say something better than "sign in".
+    """
 
     def __init__(
         self,
         server: str = DEFAULT_SERVER,
         *,
+        auth: httpx.Auth | None = None,
+        explain_401: bool = True,
         timeout: httpx.Timeout | float = _TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.server = _check_server(server)
+        self.server = normalise_server(server)
+        self._auth = auth
+        self._explain_401 = explain_401
         self._http = httpx.AsyncClient(
             base_url=self.server,
+            auth=_SameOriginAuth(auth, self.server) if auth is not None else None,
             timeout=timeout,
             transport=transport,
             headers={"User-Agent": "flowyard-cli"},
@@ -158,6 +248,22 @@ class ApiClient:
 
     async def health(self) -> dict[str, Any]:
         return await self._get_json("/api/health")
+
+    # -- who am I --------------------------------------------------------
+
+    async def me(self) -> dict[str, Any]:
+        """``{"name", "role"}`` of whoever the credentials belong to."""
+        return await self._get_json("/api/me")
+
+    async def create_token(self, name: str, *, expires_days: int | None = None) -> dict[str, Any]:
+        """A new API token of the caller; the response is the only one with its secret."""
+        body: dict[str, Any] = {"name": name}
+        if expires_days is not None:
+            body["expires_days"] = expires_days
+        return _json(await self._request("POST", "/api/me/tokens", json=body))
+
+    async def revoke_token(self, token_id: str) -> None:
+        await self._request("DELETE", f"/api/me/tokens/{quote(token_id, safe='')}")
 
     async def list_flows(self) -> list[dict[str, Any]]:
         return (await self._get_json("/api/flows"))["items"]
@@ -253,7 +359,7 @@ class ApiClient:
         partial = folder / f".{name}.{uuid.uuid4().hex[:8]}.part"
         try:
             async with self._http.stream("GET", url) as response:
-                await _raise_for_error(response)
+                await self._raise_for_error(response)
                 async with aiofiles.open(partial, "wb") as sink:
                     async for chunk in response.aiter_bytes(_CHUNK_SIZE):
                         await sink.write(chunk)
@@ -281,7 +387,7 @@ class ApiClient:
             headers=headers,
             timeout=_STREAM_TIMEOUT,
         ) as source:
-            await _raise_for_error(source.response)
+            await self._raise_for_error(source.response)
             content_type = source.response.headers.get("content-type", "")
             if "text/event-stream" not in content_type:
                 raise FlowyardError(
@@ -307,12 +413,26 @@ class ApiClient:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         response = await self._http.request(method, url, **kwargs)
-        await _raise_for_error(response)
+        await self._raise_for_error(response)
         return response
 
+    async def _raise_for_error(self, response: httpx.Response) -> None:
+        try:
+            await _raise_for_error(response)
+        except Unauthenticated as exc:
+            if not self._explain_401 or isinstance(exc, TooManyAttempts):
+                raise
+            message = explain_unauthenticated(self.server, self._auth, exc.message)
+            raise Unauthenticated(message) from exc
 
-def _check_server(server: str) -> str:
-    """Fail early and clearly on a URL httpx would reject with a confusing message."""
+
+def normalise_server(server: str) -> str:
+    """The server URL in one spelling (lower-case host, no default port, no trailing slash).
+
+    It is also the key of the credentials file, so ``HTTP://Host:80/`` and
+    ``http://host`` share one stored token. Fails early and clearly on a URL httpx
+    would reject with a confusing message.
+    """
     try:
         url = httpx.URL(server)
     except httpx.InvalidURL as exc:
@@ -321,6 +441,13 @@ def _check_server(server: str) -> str:
         raise ConfigError(
             f"--server must be an http(s) URL such as {DEFAULT_SERVER}, got {server!r}"
         )
+    if url.userinfo:  # it would be sent as Basic auth, and stored as a credentials key
+        raise ConfigError(
+            "--server must not contain a user name or password: use --user with "
+            "FLOWYARD_PASSWORD, or 'flowyard login'"
+        )
+    if url.query or url.fragment:
+        raise ConfigError(f"--server must be a base URL without ?query or #fragment: {server!r}")
     return str(url).rstrip("/")
 
 
@@ -340,7 +467,12 @@ async def _raise_for_error(response: httpx.Response) -> None:
         body: Any = response.json()
     except ValueError:
         body = response.text
-    raise error_from_response(response.status_code, body, response.reason_phrase)
+    raise error_from_response(
+        response.status_code,
+        body,
+        response.reason_phrase,
+        retry_after=response.headers.get("retry-after"),
+    )
 
 
 def _json(response: httpx.Response) -> Any:

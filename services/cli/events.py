@@ -32,6 +32,7 @@ from core.events import EVENT_TYPES, utcnow
 from core.replay import EventFilter, parse_point
 from core.settings import Settings
 from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from services.cli.credentials import TokenOption, UserOption, resolve_auth
 from services.cli.output import err_console, print_json_line
 from services.config import load_settings
 
@@ -59,17 +60,22 @@ def tail_events(
     flow: FlowOption = None,
     event_type: TypeOption = None,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """Print live events as JSON lines until interrupted (reconnects if the server restarts)."""
     wanted = EventFilter(flow=flow, types=tuple(event_type or ()))
-    asyncio.run(_tail(server, wanted))
+    asyncio.run(_tail(server, resolve_auth(server, token, user), wanted))
 
 
-async def _tail(server: str, wanted: EventFilter) -> None:
+async def _tail(server: str, auth: httpx.Auth | None, wanted: EventFilter) -> None:
     failures = 0
     while True:
         try:
-            async with ApiClient(server) as api, api.open_event_stream(None) as events:
+            async with (
+                ApiClient(server, auth=auth) as api,
+                api.open_event_stream(None) as events,
+            ):
                 failures = 0
                 async for event in events:
                     if _tail_matches(wanted, event):

@@ -11,11 +11,13 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from services.cli.credentials import TokenOption, UserOption, resolve_auth
 from services.cli.output import console, print_json_line
 
 flows_app = typer.Typer(help="Flows the server can run.", no_args_is_help=True)
@@ -27,9 +29,11 @@ def list_flows(
         bool, typer.Option("--json", help="One raw JSON flow per line.")
     ] = False,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """List flows with their inputs and parameters."""
-    flows = asyncio.run(_fetch(server))
+    flows = asyncio.run(_fetch(server, resolve_auth(server, token, user)))
     if json_output:
         for flow in flows:
             print_json_line(flow)
@@ -49,8 +53,8 @@ def list_flows(
     console.print(table)
 
 
-async def _fetch(server: str) -> list[dict[str, Any]]:
-    async with ApiClient(server) as api:
+async def _fetch(server: str, auth: httpx.Auth | None) -> list[dict[str, Any]]:
+    async with ApiClient(server, auth=auth) as api:
         return await api.list_flows()
 
 

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from core.errors import FlowCancelled, FlowFailed, FlowyardError, InvalidInput, Unavailable
 from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR, ApiClient, ServerOption, Upload
+from services.cli.credentials import TokenOption, UserOption, resolve_auth
 from services.cli.output import FINISHED_STATES, console, err_console, state_text, truncate
 
 POLL_SECONDS = 15.0  # re-read the task this often while the stream is quiet
@@ -170,6 +171,8 @@ def run_command(
         typer.Option("--out", "-o", metavar="DIR", help="Where --wait writes the outputs."),
     ] = Path("."),
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """Submit a task to a flow; with --wait follow it and download its outputs."""
     params = build_params(params_json, param or ())
@@ -177,14 +180,15 @@ def run_command(
         uploads = open_inputs(inputs or (), stack)
         if wait:
             _make_folder(out)
-        task = asyncio.run(_submit(server, flow, params, priority, owner, uploads))
+        auth = resolve_auth(server, token, user)  # once: a password prompt comes at most once
+        task = asyncio.run(_submit(server, auth, flow, params, priority, owner, uploads))
     task_id = str(task["id"])
     if not wait:
         console.print(Text.assemble(task_id, " ", state_text(str(task["state"]))))
         return
     console.print(task_id, markup=False)
     try:
-        final = asyncio.run(_wait(server, task_id))
+        final = asyncio.run(_wait(server, auth, task_id))
     except KeyboardInterrupt:
         implied = server in (DEFAULT_SERVER, os.environ.get(SERVER_ENVVAR))
         hint = "" if implied else f" --server {server}"
@@ -196,7 +200,7 @@ def run_command(
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
-    _finish(final, out, server)
+    _finish(final, out, server, auth)
 
 
 def _make_folder(folder: Path) -> None:
@@ -210,30 +214,35 @@ def _make_folder(folder: Path) -> None:
 
 async def _submit(
     server: str,
+    auth: httpx.Auth | None,
     flow: str,
     params: Mapping[str, Any],
     priority: int | None,
     owner: str | None,
     uploads: Sequence[Upload],
 ) -> dict[str, Any]:
-    async with ApiClient(server) as api:
+    async with ApiClient(server, auth=auth) as api:
         return await api.create_task(flow, params, priority=priority, owner=owner, inputs=uploads)
 
 
-def _finish(task: Mapping[str, Any], out: Path, server: str) -> None:
+def _finish(
+    task: Mapping[str, Any], out: Path, server: str, auth: httpx.Auth | None = None
+) -> None:
     """Download on success; a failed or cancelled task is an error (exit 1)."""
     task_id, state = str(task["id"]), str(task["state"])
     if state == "failed":
         raise FlowFailed(f"task {task_id} failed: {task.get('error') or 'no error message'}")
     if state == "cancelled":
         raise FlowCancelled(f"task {task_id} was cancelled")
-    for path in asyncio.run(_download_all(server, task, out)):
+    for path in asyncio.run(_download_all(server, auth, task, out)):
         console.print(str(path), markup=False, soft_wrap=True)
 
 
-async def _download_all(server: str, task: Mapping[str, Any], out: Path) -> list[Path]:
+async def _download_all(
+    server: str, auth: httpx.Auth | None, task: Mapping[str, Any], out: Path
+) -> list[Path]:
     written: list[Path] = []
-    async with ApiClient(server) as api:
+    async with ApiClient(server, auth=auth) as api:
         for output in task.get("outputs") or ():
             try:
                 written.append(await api.download_output(str(task["id"]), output, out))
@@ -247,10 +256,10 @@ async def _download_all(server: str, task: Mapping[str, Any], out: Path) -> list
 # -- following a task ----------------------------------------------------
 
 
-async def _wait(server: str, task_id: str) -> dict[str, Any]:
+async def _wait(server: str, auth: httpx.Auth | None, task_id: str) -> dict[str, Any]:
     with _progress() as progress:
         view = ProgressView(progress)
-        async with ApiClient(server) as api:
+        async with ApiClient(server, auth=auth) as api:
             return await Follower(api, task_id, view).run()
 
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import RenderableType
 from rich.panel import Panel
@@ -17,6 +18,7 @@ from rich.text import Text
 from core.errors import InvalidInput
 from core.task import TaskState
 from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from services.cli.credentials import TokenOption, UserOption, resolve_auth
 from services.cli.output import (
     FINISHED_STATES,
     console,
@@ -63,9 +65,12 @@ def list_tasks(
         bool, typer.Option("--json", help="One raw JSON task per line.")
     ] = False,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """List tasks, newest first."""
-    page = asyncio.run(_list(server, state.value if state else None, flow, limit, offset))
+    auth = resolve_auth(server, token, user)
+    page = asyncio.run(_list(server, auth, state.value if state else None, flow, limit, offset))
     items: list[dict[str, Any]] = page.get("items") or []
     if json_output:
         for item in items:
@@ -105,9 +110,13 @@ def show_task(
     events: Annotated[bool, typer.Option("--events", "-e", help="Also list its events.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Raw JSON.")] = False,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """Show one task; with --events also its history."""
-    task, history = asyncio.run(_show(server, parse_task_id(task_id), events))
+    task_id = parse_task_id(task_id)
+    auth = resolve_auth(server, token, user)
+    task, history = asyncio.run(_show(server, auth, task_id, events))
     if json_output:
         print_json({**task, "events": history} if events else task)
         return
@@ -117,29 +126,41 @@ def show_task(
 
 
 @tasks_app.command("cancel")
-def cancel_task(task_id: TaskIdArgument, server: ServerOption = DEFAULT_SERVER) -> None:
+def cancel_task(
+    task_id: TaskIdArgument,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
     """Cancel a task: at once when queued, by asking its worker when running."""
-    task = asyncio.run(_cancel(server, parse_task_id(task_id)))
+    task_id = parse_task_id(task_id)
+    auth = resolve_auth(server, token, user)
+    task = asyncio.run(_cancel(server, auth, task_id))
     console.print(Text.assemble(str(task.get("id", task_id)), " ", state_text(display_state(task))))
 
 
 async def _list(
-    server: str, state: str | None, flow: str | None, limit: int, offset: int
+    server: str,
+    auth: httpx.Auth | None,
+    state: str | None,
+    flow: str | None,
+    limit: int,
+    offset: int,
 ) -> dict[str, Any]:
-    async with ApiClient(server) as api:
+    async with ApiClient(server, auth=auth) as api:
         return await api.list_tasks(state=state, flow=flow, limit=limit, offset=offset)
 
 
 async def _show(
-    server: str, task_id: str, with_events: bool
+    server: str, auth: httpx.Auth | None, task_id: str, with_events: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
-    async with ApiClient(server) as api:
+    async with ApiClient(server, auth=auth) as api:
         task = await api.get_task(task_id)
         return task, (await api.task_events(task_id) if with_events else None)
 
 
-async def _cancel(server: str, task_id: str) -> dict[str, Any]:
-    async with ApiClient(server) as api:
+async def _cancel(server: str, auth: httpx.Auth | None, task_id: str) -> dict[str, Any]:
+    async with ApiClient(server, auth=auth) as api:
         return await api.cancel_task(task_id)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich import box
 from rich.table import Table
@@ -13,6 +14,7 @@ from rich.text import Text
 
 from core.errors import InvalidInput
 from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from services.cli.credentials import TokenOption, UserOption, resolve_auth
 from services.cli.output import console, err_console, print_json_line, short_time, truncate
 
 webhooks_app = typer.Typer(
@@ -54,9 +56,12 @@ def add_webhook(
     ] = None,
     json_output: JsonOption = False,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """Subscribe URL; prints the id and the signing secret, which is not shown again."""
-    created = asyncio.run(_add(server, url, event or [], flow or [], secret))
+    auth = resolve_auth(server, token, user)
+    created = asyncio.run(_add(server, auth, url, event or [], flow or [], secret))
     if json_output:
         print_json_line(created)
         return
@@ -69,9 +74,14 @@ def add_webhook(
 
 
 @webhooks_app.command("list")
-def list_webhooks(json_output: JsonOption = False, server: ServerOption = DEFAULT_SERVER) -> None:
+def list_webhooks(
+    json_output: JsonOption = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
     """List subscriptions; a disabled one shows why."""
-    items = asyncio.run(_list(server))
+    items = asyncio.run(_list(server, resolve_auth(server, token, user)))
     if json_output:
         for item in items:
             print_json_line(item)
@@ -109,16 +119,28 @@ def list_webhooks(json_output: JsonOption = False, server: ServerOption = DEFAUL
 
 
 @webhooks_app.command("remove")
-def remove_webhook(webhook_id: WebhookIdArgument, server: ServerOption = DEFAULT_SERVER) -> None:
+def remove_webhook(
+    webhook_id: WebhookIdArgument,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
     """Remove a subscription and its delivery history."""
-    asyncio.run(_remove(server, parse_webhook_id(webhook_id)))
+    subscription = parse_webhook_id(webhook_id)
+    asyncio.run(_remove(server, resolve_auth(server, token, user), subscription))
     console.print(f"removed {webhook_id}")
 
 
 @webhooks_app.command("enable")
-def enable_webhook(webhook_id: WebhookIdArgument, server: ServerOption = DEFAULT_SERVER) -> None:
+def enable_webhook(
+    webhook_id: WebhookIdArgument,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
     """Turn a disabled subscription back on; its pending deliveries resume."""
-    item = asyncio.run(_enable(server, parse_webhook_id(webhook_id)))
+    subscription = parse_webhook_id(webhook_id)
+    item = asyncio.run(_enable(server, resolve_auth(server, token, user), subscription))
     console.print(f"enabled {item.get('id')}")
 
 
@@ -128,9 +150,13 @@ def list_deliveries(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500, help="At most.")] = 20,
     json_output: JsonOption = False,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
 ) -> None:
     """Recent deliveries, newest first, with attempts and the last error."""
-    items = asyncio.run(_deliveries(server, parse_webhook_id(webhook_id), limit))
+    subscription = parse_webhook_id(webhook_id)
+    auth = resolve_auth(server, token, user)
+    items = asyncio.run(_deliveries(server, auth, subscription, limit))
     if json_output:
         for item in items:
             print_json_line(item)
@@ -171,27 +197,34 @@ def _last(item: dict[str, Any]) -> str:
 
 
 async def _add(
-    server: str, url: str, events: list[str], flows: list[str], secret: str | None
+    server: str,
+    auth: httpx.Auth | None,
+    url: str,
+    events: list[str],
+    flows: list[str],
+    secret: str | None,
 ) -> dict[str, Any]:
-    async with ApiClient(server) as api:
+    async with ApiClient(server, auth=auth) as api:
         return await api.create_webhook(url, events=events, flows=flows, secret=secret)
 
 
-async def _list(server: str) -> list[dict[str, Any]]:
-    async with ApiClient(server) as api:
+async def _list(server: str, auth: httpx.Auth | None) -> list[dict[str, Any]]:
+    async with ApiClient(server, auth=auth) as api:
         return await api.list_webhooks()
 
 
-async def _remove(server: str, webhook_id: str) -> None:
-    async with ApiClient(server) as api:
+async def _remove(server: str, auth: httpx.Auth | None, webhook_id: str) -> None:
+    async with ApiClient(server, auth=auth) as api:
         await api.delete_webhook(webhook_id)
 
 
-async def _enable(server: str, webhook_id: str) -> dict[str, Any]:
-    async with ApiClient(server) as api:
+async def _enable(server: str, auth: httpx.Auth | None, webhook_id: str) -> dict[str, Any]:
+    async with ApiClient(server, auth=auth) as api:
         return await api.enable_webhook(webhook_id)
 
 
-async def _deliveries(server: str, webhook_id: str, limit: int) -> list[dict[str, Any]]:
-    async with ApiClient(server) as api:
+async def _deliveries(
+    server: str, auth: httpx.Auth | None, webhook_id: str, limit: int
+) -> list[dict[str, Any]]:
+    async with ApiClient(server, auth=auth) as api:
         return await api.webhook_deliveries(webhook_id, limit=limit)
