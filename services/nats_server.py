@@ -6,7 +6,7 @@ lag. Once connected it makes sure the streams and consumers exist, then runs
 
 - the outbox relay (events out, work out),
 - the worker-event consumer (events in, outputs into the tasks folder),
-- the heartbeat and worker-presence handlers (FastStream request-reply),
+- the heartbeat, worker-presence and whoami handlers (FastStream request-reply),
 - the MaxDeliver advisory watcher, and
 - the reconciler (the database is the record; JetStream can lose work).
 """
@@ -28,6 +28,8 @@ from adapters.sql.database import Database
 from adapters.sql.outbox import SqlOutbox
 from adapters.sql.projection import SqlProjection
 from adapters.sql.task_store import SqlTaskStore
+from adapters.sql.user_store import SqlUserStore
+from bus.nats.auth_config import WhoAmIReply
 from bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
 from bus.nats.dispatch import WorkDispatcher
 from bus.nats.reconcile import Reconciler
@@ -44,7 +46,8 @@ from bus.nats.streams import (
     server_consumer_config,
 )
 from core.errors import ConfigError, Unavailable
-from core.events import TaskCreated
+from core.events import TaskCreated, token
+from core.identity import Role
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,10 @@ class NatsBridge:
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
         )
-        register_server_handlers(self.broker, self.projection, store.register_worker)
+        self.users = SqlUserStore(db)
+        register_server_handlers(
+            self.broker, self.projection, store.register_worker, whoami=self.whoami
+        )
         self._connected_at: float | None = None
         self._kick = asyncio.Event()
         self.relay: OutboxRelay | None = None
@@ -87,6 +93,26 @@ class NatsBridge:
     async def _reconnected(self) -> None:
         self._connected_at = time.monotonic()
         log.info("reconnected to NATS")
+
+    async def whoami(self, login: str) -> WhoAmIReply:
+        """Whose tasks a NATS user may take: the same rows ``flowyard nats auth-config`` reads.
+
+        A login missing here (disabled, revoked or expired since the config was
+        generated) is told so, and its worker stops: NATS keeps accepting it only
+        until the next reload.
+        """
+        try:
+            accounts = await self.users.nats_accounts()
+        except Unavailable as exc:
+            return WhoAmIReply(error=exc.message, retry=True)
+        for account in accounts:
+            if token(account.nats_user) == login:
+                admin = account.role is Role.admin
+                return WhoAmIReply(owner=None if admin else account.owner, role=account.role)
+        return WhoAmIReply(
+            error=f"NATS user {login!r} is not an enabled flowyard user or a usable API token "
+            "(disabled, removed, revoked or expired?)"
+        )
 
     def connected_for(self) -> float:
         return 0.0 if self._connected_at is None else time.monotonic() - self._connected_at

@@ -14,8 +14,9 @@ Before a worker's successful result is recorded, its outputs are streamed from
 the object store into the server's tasks folder, so downloads work as in every
 other mode.
 
-The request-reply handlers (heartbeats, worker presence) are FastStream
-subscribers: typed in, typed out, and in the AsyncAPI document.
+The request-reply handlers (heartbeats, worker presence, and whoami when the
+server has a users table to answer from) are FastStream subscribers: typed
+in, typed out, and in the AsyncAPI document.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from bus.nats.auth_config import WHOAMI_SUBJECTS, WhoAmIReply, whoami_login
 from bus.nats.broker import TRANSIENT, unavailable
 from bus.nats.pull import Puller
 from bus.nats.streams import (
@@ -81,6 +83,8 @@ class Outputs(Protocol):
 
 
 RegisterWorker = Callable[[WorkerIdentity, datetime], Awaitable[None]]
+WhoAmI = Callable[[str], Awaitable[WhoAmIReply]]
+"""Whose tasks a NATS user (its subject token) may take, from the users table."""
 
 
 def check_subject(subject: str, event: Event) -> str:
@@ -242,9 +246,10 @@ def register_server_handlers(
     projection: Projection,
     register_worker: RegisterWorker,
     *,
+    whoami: WhoAmI | None = None,
     queue: str = "flowyard_server",
 ) -> None:
-    """Heartbeats and worker presence, answered by one server of the queue group."""
+    """Heartbeats, worker presence and whoami, answered by one server of the queue group."""
 
     @broker.subscriber(
         f"{PREFIX}.rpc.lease.*.*",
@@ -293,6 +298,24 @@ def register_server_handlers(
         )
         with contextlib.suppress(Unavailable):
             await register_worker(identity, utcnow())
+
+    if whoami is None:
+        return
+
+    @broker.subscriber(
+        WHOAMI_SUBJECTS,
+        queue=queue,
+        title="whoami",
+        description=(
+            "A worker asks whose tasks its NATS user may take; only that user may publish "
+            "on its subject, so the subject says who asks."
+        ),
+    )
+    async def on_whoami(body: bytes, message: NatsMessage) -> WhoAmIReply:
+        login = whoami_login(message.raw_message.subject)
+        if login is None:
+            return WhoAmIReply(error="not a whoami subject")
+        return await whoami(login)
 
 
 # ------------------------------------------------------------------------ advisories

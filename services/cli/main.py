@@ -20,6 +20,7 @@ from core.errors import FlowyardError
 from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
 from services.cli.events import events_app
 from services.cli.flows import flows_app
+from services.cli.login import login_command, logout_command
 from services.cli.output import print_error
 from services.cli.run import run_command
 from services.cli.tasks import tasks_app
@@ -78,6 +79,8 @@ def build_app(*, include_server: bool = True) -> typer.Typer:
     app.add_typer(webhooks_app, name="webhooks")
     app.add_typer(events_app, name="events")
     app.command("run")(run_command)
+    app.command("login")(login_command)
+    app.command("logout")(logout_command)
     if include_server:
         _register_server_commands(app)
     return app
@@ -87,13 +90,17 @@ def _register_server_commands(app: typer.Typer) -> None:
     """Server commands pull in the API and the database; imported here, not at the top."""
     from services.cli.asyncapi import asyncapi_command
     from services.cli.db import db_app
+    from services.cli.nats import nats_app
     from services.cli.serve import serve_command
+    from services.cli.users import users_app
     from services.cli.worker import worker_command
 
     app.command("serve")(serve_command)
     app.command("worker")(worker_command)
     app.command("asyncapi")(asyncapi_command)
     app.add_typer(db_app, name="db")
+    app.add_typer(nats_app, name="nats")
+    app.add_typer(users_app, name="users")
 
 
 def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> int:
