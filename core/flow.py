@@ -1,7 +1,10 @@
 """What a flow is, and what it may ask of the worker that runs it.
 
 A flow is a class with a name, a version, a pydantic ``Params`` model, declared
-inputs and outputs, and a synchronous ``run``. Workers call ``run`` in a thread
+inputs and outputs, and a synchronous ``run``. A flow that gains from running
+several tasks at once (a model on a GPU) sets ``batch_size`` above 1 and
+implements ``run_batch``; the worker then claims same-flow tasks together and
+still reports each task on its own. Workers call ``run`` in a thread
 so torch never blocks the event loop; the ``FlowContext`` is the flow's only
 window on the outside: progress, cancellation, files, scratch space, device.
 Flows import ``core`` and torch, nothing else of ours, so the same flow runs
@@ -11,6 +14,8 @@ unchanged in every mode.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -81,10 +86,27 @@ class Flow(ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     inputs: ClassVar[tuple[InputSpec, ...]] = ()
     outputs: ClassVar[tuple[OutputSpec, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Modules ``run`` imports that may be missing; without them the flow is unavailable."""
+    extra: ClassVar[str | None] = None
+    """The ``flowyard[extra]`` that installs ``requires``, named in the reason."""
+    batch_size: ClassVar[int] = 1
+    """Most tasks run together by ``run_batch``; 1: the flow does not batch."""
+    batch_window: ClassVar[float] = 0.02
+    """Seconds a worker waits for more same-flow tasks to fill a partial batch."""
 
     @abstractmethod
     def run(self, ctx: FlowContext, params: Any) -> None:
         """Do the work; write each output to ``ctx.output(name)``; raise to fail."""
+
+    def run_batch(self, items: Sequence[BatchItem]) -> Sequence[BaseException | None]:
+        """Run several tasks at once; one outcome per item (None: it succeeded).
+
+        Raise to fail the batch as a whole: the worker then runs the items one by
+        one, so a batch-level problem never loses a task. Return an exception for
+        an item to fail only that item.
+        """
+        return [run_one(self, item) for item in items]
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any]) -> BaseModel:
@@ -103,10 +125,44 @@ class Flow(ABC):
             name=cls.name,
             version=cls.version,
             description=cls.description,
+            batch_size=cls.batch_size,
             params_schema=cls.Params.model_json_schema(),
             inputs=cls.inputs,
             outputs=cls.outputs,
         )
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One task of a batch: its own context (progress, cancel, files) and parsed params."""
+
+    ctx: FlowContext
+    params: Any
+
+
+def run_one(flow: Flow, item: BatchItem) -> BaseException | None:
+    """``run`` one item, turning its failure into its outcome."""
+    try:
+        flow.run(item.ctx, item.params)
+    except Exception as exc:  # noqa: BLE001 - the item's outcome; the worker classifies it
+        return exc
+    return None
+
+
+def run_items(flow: Flow, items: Sequence[BatchItem]) -> list[BaseException | None]:
+    """The outcome of every item: batched when the flow batches, one by one otherwise.
+
+    A ``run_batch`` that raises, or returns the wrong number of outcomes, is not
+    trusted: every item runs again alone.
+    """
+    if len(items) > 1 and type(flow).batch_size > 1:
+        try:
+            outcomes = list(flow.run_batch(items))
+        except Exception:  # noqa: BLE001 - the batch failed as a whole: run items alone
+            outcomes = []
+        if len(outcomes) == len(items):
+            return outcomes
+    return [run_one(flow, item) for item in items]
 
 
 class FlowInfo(BaseModel):
@@ -115,6 +171,10 @@ class FlowInfo(BaseModel):
     name: str
     version: str
     description: str
+    batch_size: int = 1
+    unavailable: str | None = Field(
+        default=None, description="why this process cannot run the flow (None: it can)"
+    )
     params_schema: dict[str, Any] = Field(default_factory=dict)
     inputs: tuple[InputSpec, ...] = ()
     outputs: tuple[OutputSpec, ...] = ()

@@ -1,5 +1,9 @@
 """Which flows are installed: every ``flowyard.flows`` entry point, built-in or third-party.
 
+A flow whose optional dependencies are absent (``Flow.requires``) stays known,
+so a slim server still validates its params, but is not ``runnable``: workers
+do not ask for it, and the API shows why.
+
 A broken third-party package must not take the server or a worker down with it, so
 each entry point that cannot be used is logged and kept in ``broken`` with a reason
 that the API and CLI can show, and everything else still loads.
@@ -8,6 +12,7 @@ that the API and CLI can show, and everything else still loads.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import logging
 from collections.abc import Iterable
@@ -41,8 +46,19 @@ class FlowRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self.flows))
 
+    def runnable(self) -> tuple[str, ...]:
+        """The flows this process can run: those whose ``requires`` are all importable."""
+        return tuple(
+            name for name in self.names() if missing_requirements(self.flows[name]) is None
+        )
+
     def describe(self) -> list[FlowInfo]:
-        return [self.flows[name].describe() for name in self.names()]
+        return [
+            self.flows[name]
+            .describe()
+            .model_copy(update={"unavailable": missing_requirements(self.flows[name])})
+            for name in self.names()
+        ]
 
     def __contains__(self, name: object) -> bool:
         return name in self.flows
@@ -109,6 +125,15 @@ def _why_not_describable(flow: type[Flow], where: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - a third-party schema may raise anything
         return f"{where}: cannot describe the flow: {_describe(exc)}"
     return None
+
+
+def missing_requirements(flow: type[Flow]) -> str | None:
+    """Why ``flow`` cannot run here (a module it needs is not installed), without importing it."""
+    absent = [module for module in flow.requires if importlib.util.find_spec(module) is None]
+    if not absent:
+        return None
+    install = f"pip install 'flowyard[{flow.extra}]'" if flow.extra else "install them"
+    return f"needs {', '.join(absent)}, not installed here: {install}"
 
 
 def _describe(exc: BaseException) -> str:

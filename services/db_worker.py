@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 def select_flows(registry: FlowRegistry, wanted: list[str] | None) -> tuple[str, ...]:
     """The flows this worker asks for: all installed ones, or the named subset."""
     if not wanted:
-        return registry.names()
-    missing = [name for name in wanted if name not in registry.flows]
+        return registry.runnable()
+    missing = [name for name in wanted if name not in registry.runnable()]
     if missing:
         raise ConfigError(
-            f"--flows names flows that are not installed here: {', '.join(missing)}; "
-            f"installed: {', '.join(registry.names())}"
+            f"--flows names flows that cannot run here: {', '.join(missing)}; "
+            f"runnable: {', '.join(registry.runnable())} (see 'flowyard flows list')"
         )
     return tuple(dict.fromkeys(wanted))
 
@@ -61,6 +61,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
         poll_interval=settings.poll_interval,
         grace_seconds=settings.grace_seconds,
         device=detect_device(settings.device),
+        batch_limit=settings.batch_limit,
     )
 
 

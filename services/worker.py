@@ -1,9 +1,12 @@
 """The worker: claim work, run flows in threads, report progress and results.
 
 The same class runs in every mode; only the ``WorkQueue`` and ``TaskFiles`` it
-is given differ. It claims only as many tasks as it has free slots, keeps each
-lease alive with heartbeats (every lease/3), stops a flow when its task is
-cancelled or its lease is lost, and retries a result until the queue takes it
+is given differ. A flow that batches gets same-flow tasks claimed together
+(topped up once within the flow's ``batch_window``) and run in one thread, each
+task still with its own heartbeats, progress, files and result. It claims only
+as many tasks as it has free slots, keeps each lease alive with heartbeats
+(every lease/3), stops a flow when its task is cancelled or its lease is lost,
+and retries a result until the queue takes it
 (a result event is idempotent, so a retry after an outage is harmless).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,7 +31,7 @@ from core.errors import (
     Unavailable,
 )
 from core.events import FileRef, TaskDone, TaskProgress
-from core.flow import Flow
+from core.flow import BatchItem, Flow, run_items
 from core.ports import AttemptFiles, TaskFiles, WorkerIdentity, WorkQueue
 from core.task import Task
 from services.run_context import RunContext
@@ -47,12 +51,25 @@ class FlowSource:
 
 
 @dataclass(frozen=True)
+class _Run:
+    """One task of an attempt in progress, as the worker tracks it."""
+
+    task: Task
+    flow: type[Flow]
+    params: object
+    ctx: RunContext
+    files: AttemptFiles
+
+
+@dataclass(frozen=True)
 class WorkerOptions:
     heartbeat_seconds: float = 10.0
     progress_interval: float = 0.2
     poll_interval: float = 2.0
     grace_seconds: float = 30.0
     device: str = "cpu"
+    batch_limit: int = 0
+    """Caps every flow's batch size (0: no cap; 1: never batch)."""
 
 
 class Worker:
@@ -114,23 +131,58 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                claimed = await self.queue.claim(self.identity, free)
+                claimed = list(await self.queue.claim(self.identity, free))
             except Unavailable as exc:
                 log.warning("claim failed, retrying in %.1fs: %s", backoff, exc.message)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            for task in claimed:
-                self._running[task.id] = asyncio.create_task(
-                    self._execute(task), name=f"task-{task.id}"
-                )
+            claimed += await self._fill(claimed, free - len(claimed))
+            for batch in self._batches(claimed):
+                job = asyncio.create_task(self._execute(batch), name=f"task-{batch[0].id}")
+                for task in batch:
+                    self._running[task.id] = job
             if not claimed:
                 waiter = asyncio.create_task(self.queue.wait_for_work(self.options.poll_interval))
                 stopper = asyncio.create_task(self._stopping.wait())
                 await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 for pending in (waiter, stopper):
                     pending.cancel()
+
+    def _batch_size(self, flow: str) -> int:
+        try:
+            size = max(1, self.flows.get(flow).batch_size)
+        except FlowNotFound:
+            return 1
+        limit = self.options.batch_limit
+        return min(size, limit) if limit > 0 else size
+
+    async def _fill(self, claimed: list[Task], free: int) -> list[Task]:
+        """Top up a partial batch: wait the flow's window once, then claim more of that flow."""
+        more: list[Task] = []
+        for flow in dict.fromkeys(t.flow for t in claimed):
+            size = self._batch_size(flow)
+            have = sum(1 for t in claimed if t.flow == flow)
+            want = min(size - have, free - len(more))
+            if size <= 1 or want <= 0:
+                continue
+            await self._sleep(self.flows.get(flow).batch_window)
+            only_this_flow = dataclasses.replace(self.identity, flows=(flow,))
+            with contextlib.suppress(Unavailable):  # a partial batch is still a batch
+                more += await self.queue.claim(only_this_flow, want)
+        return more
+
+    def _batches(self, claimed: list[Task]) -> list[list[Task]]:
+        """Same-flow tasks in chunks of the flow's batch size; other tasks alone."""
+        by_flow: dict[str, list[Task]] = {}
+        for task in claimed:
+            by_flow.setdefault(task.flow, []).append(task)
+        batches: list[list[Task]] = []
+        for flow, tasks in by_flow.items():
+            size = self._batch_size(flow)
+            batches += [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        return batches
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -164,69 +216,86 @@ class Worker:
         self._pool.shutdown(wait=False, cancel_futures=True)
         await self.queue.close()
 
-    async def _execute(self, task: Task) -> None:
+    async def _execute(self, batch: list[Task]) -> None:
         try:
-            await self._attempt(task)
+            await self._attempt(batch)
         except asyncio.CancelledError:
-            await self._release(task, "worker stopped before the flow finished")
+            for task in batch:
+                if task.id in self._running:  # not concluded yet
+                    await self._release(task, "worker stopped before the flow finished")
             raise
-        except LeaseLost as exc:
-            log.warning("task %s: %s", task.id, exc.message)
         finally:
-            self._running.pop(task.id, None)
-            self._contexts.pop(task.id, None)
+            for task in batch:
+                self._running.pop(task.id, None)
+                self._contexts.pop(task.id, None)
             self._slot_freed.set()
 
     async def _release(self, task: Task, reason: str) -> None:
         with contextlib.suppress(Unavailable, LeaseLost):
             await asyncio.shield(self.queue.release(self.identity, task, reason))
 
-    async def _attempt(self, task: Task) -> None:
+    async def _attempt(self, batch: list[Task]) -> None:
+        """Run one task, or a batch of one flow's tasks in one thread, each reported alone."""
+        runs = [run for task in batch if (run := await self._prepare(task)) is not None]
+        if not runs:
+            return
+        guards = [
+            asyncio.create_task(guard)
+            for run in runs
+            for guard in (self._heartbeats(run.task, run.ctx), self._progress(run.task, run.ctx))
+        ]
+        items = [BatchItem(run.ctx, run.params) for run in runs]
+        try:
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self._pool, run_items, runs[0].flow(), items
+            )
+        finally:
+            for guard in guards:
+                guard.cancel()
+            await asyncio.gather(*guards, return_exceptions=True)
+        for run, outcome in zip(runs, outcomes, strict=True):
+            await self._conclude(run, outcome)
+
+    async def _prepare(self, task: Task) -> _Run | None:
+        """The task's flow, params and files; a task that cannot start fails at once."""
         try:
             flow_cls = self.flows.get(task.flow)
             params = flow_cls.parse_params(task.params)
             files = await self.files.open_attempt(task)
         except (FlowNotFound, InvalidInput, FlowFailed) as exc:
             await self._finish(task, "failed", error=exc.message)
-            return
+            self._running.pop(task.id, None)
+            return None
         ctx = RunContext(files, self.options.device, asyncio.get_running_loop())
         self._contexts[task.id] = ctx
-        guards = [
-            asyncio.create_task(self._heartbeats(task, ctx)),
-            asyncio.create_task(self._progress(task, ctx)),
-        ]
-        try:
-            status, error, outputs = await self._run_flow(task, flow_cls, params, ctx, files)
-        finally:
-            for guard in guards:
-                guard.cancel()
-            await asyncio.gather(*guards, return_exceptions=True)
-        if ctx.lease_lost:
-            raise LeaseLost(f"task {task.id} attempt {task.attempt} was taken away; result dropped")
-        await self._finish(task, status, error=error, outputs=outputs)
+        return _Run(task, flow_cls, params, ctx, files)
 
-    async def _run_flow(
-        self, task: Task, flow_cls: type[Flow], params: object, ctx: RunContext, files: AttemptFiles
+    async def _conclude(self, run: _Run, outcome: BaseException | None) -> None:
+        task, ctx = run.task, run.ctx
+        status, error, outputs = await self._outcome(run, outcome)
+        if ctx.lease_lost:
+            log.warning("task %s attempt %d was taken away; result dropped", task.id, task.attempt)
+        else:
+            await self._finish(task, status, error=error, outputs=outputs)
+        self._running.pop(task.id, None)
+
+    async def _outcome(
+        self, run: _Run, outcome: BaseException | None
     ) -> tuple[str, str | None, tuple[FileRef, ...]]:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._pool, flow_cls().run, ctx, params)
-        except FlowCancelled:
-            await self.files.discard_attempt(task, files)
+        task, ctx, files = run.task, run.ctx, run.files
+        cancelled = ctx.cancelled() and not ctx.lease_lost
+        if outcome is None and not cancelled:
+            return "succeeded", None, await self.files.close_attempt(task, files)
+        await self.files.discard_attempt(task, files)
+        if isinstance(outcome, FlowCancelled) or (cancelled and outcome is None):
             return "cancelled", "cancelled on request", ()
-        except (FlowFailed, InvalidInput) as exc:
-            await self.files.discard_attempt(task, files)
-            return "failed", exc.message, ()
-        except Exception as exc:  # a flow's own bug must fail its task, not the worker
-            log.exception("flow %s crashed on task %s", task.flow, task.id)
-            await self.files.discard_attempt(task, files)
-            if ctx.cancelled() and not ctx.lease_lost:
-                return "cancelled", "cancelled on request", ()
-            return "failed", f"{type(exc).__name__}: {exc}", ()
-        if ctx.cancelled() and not ctx.lease_lost:
-            await self.files.discard_attempt(task, files)
+        if isinstance(outcome, FlowFailed | InvalidInput):
+            return "failed", outcome.message, ()
+        assert outcome is not None
+        log.error("flow %s crashed on task %s", task.flow, task.id, exc_info=outcome)
+        if cancelled:
             return "cancelled", "cancelled on request", ()
-        return "succeeded", None, await self.files.close_attempt(task, files)
+        return "failed", f"{type(outcome).__name__}: {outcome}", ()
 
     async def _finish(
         self,

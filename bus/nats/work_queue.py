@@ -257,7 +257,8 @@ class NatsWorkQueue:
         stale = time.monotonic() - self._discovered_at > self.discover_every
         if self.identity.owner is None and stale:
             await self._discover()
-        bindings = [b for b in self._bindings.values() if b.maybe_work]
+        wanted = {token(flow) for flow in worker.flows}  # a batch top-up asks for one flow
+        bindings = [b for (_, flow), b in self._bindings.items() if b.maybe_work and flow in wanted]
         if bindings:
             start = next(self._rotation) % len(bindings)
             bindings = bindings[start:] + bindings[:start]
