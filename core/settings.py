@@ -11,14 +11,24 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
 
 Mode = Literal["default", "server"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+CommaList = Annotated[list[str], NoDecode]
+"""A list setting: ``a,b`` in the environment or ``--set``, a YAML list in the file."""
+
+MAX_INPUT_FILES = 16
+"""Input files one ``POST /api/tasks`` may carry."""
+JSON_BODY_SLACK = 64 * 1024
+"""What a JSON body may hold beside ``params`` (flow, owner, priority, whitespace)."""
 
 DATABASE_SCHEMES: dict[str, str] = {
     "sqlite": "sqlite+aiosqlite",
@@ -44,12 +54,26 @@ class Settings(BaseSettings):
     files_dir: Path | None = None
     workers: int = Field(default=2, ge=0, description="in-process worker slots (default mode)")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_params_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="largest params (as compact JSON), any content type"
+    )
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="largest multipart body (default: 16 inputs at max_upload_bytes, plus params)",
+    )
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     progress_interval: float = Field(default=0.2, ge=0)
     poll_interval: float = Field(default=2.0, gt=0, description="longest idle poll (no NOTIFY)")
     worker_offline_seconds: float = Field(default=60.0, gt=0)
     grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish flows")
+    batch_limit: int = Field(
+        default=0,
+        ge=0,
+        description="most same-flow tasks a worker runs as one batch (0: each flow's batch_size; "
+        "1: never batch)",
+    )
     nats_url: str | None = None
     nats_user: str | None = None
     nats_password: str | None = None
@@ -86,12 +110,78 @@ class Settings(BaseSettings):
     webhook_disable_after: int = Field(
         default=50, ge=1, description="failed attempts in a row (over a retry period) to disable"
     )
+    # --- the HTTP edge: CORS, TLS, proxies (docs/deploy.md)
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (CORS); empty: CORS off",
+    )
+    cors_methods: CommaList = Field(
+        default_factory=lambda: ["GET", "POST", "PUT", "PATCH", "DELETE"],
+        description="methods a cross-origin request may use",
+    )
+    cors_headers: CommaList = Field(
+        default_factory=lambda: ["Authorization", "Content-Type", "X-CSRF-Token"],
+        description="request headers a cross-origin request may send",
+    )
+    cors_credentials: bool = Field(
+        default=False, description="let cross-origin requests send cookies (never with origin *)"
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve HTTPS itself; needs tls_key_file"
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file")
+    proxy_headers: bool = Field(
+        default=True,
+        description="trust X-Forwarded-For/-Proto from forwarded_allow_ips (client address, https)",
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="proxies whose X-Forwarded-* headers are trusted: addresses, networks or *",
+    )
+    # --- operations: metrics and logs
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="workers: serve Prometheus /metrics on this port (the server has /metrics)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address a worker's metrics port listens on"
+    )
+    log_level: LogLevel = Field(
+        default="info", description="flowyard's log level; debug also shows library INFO lines"
+    )
+    log_format: LogFormat = Field(
+        default="text", description="text: one readable line per record; json: one JSON object"
+    )
+    log_file: Path | None = Field(
+        default=None, description="append logs to this file instead of standard error"
+    )
+
+    @field_validator("cors_origins", "cors_methods", "cors_headers", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:
         if self.database_uri is not None:
             self.database_uri = normalise_database_uri(self.database_uri)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("setting tls_cert_file: give both tls_cert_file and tls_key_file")
+        if self.cors_credentials and "*" in self.cors_origins:
+            raise ConfigError(
+                "setting cors_credentials: browsers refuse credentials with origin '*'; "
+                "list the origins"
+            )
         return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """flowyard terminates TLS itself (uvicorn with the cert and key)."""
+        return self.tls_cert_file is not None
 
     @property
     def db_uri(self) -> str:
@@ -99,6 +189,18 @@ class Settings(BaseSettings):
         if self.database_uri:
             return self.database_uri
         return f"sqlite+aiosqlite:///{(self.data_dir / 'flowyard.db').resolve()}"
+
+    @property
+    def multipart_limit(self) -> int:
+        """Multipart bodies stream to disk: room for every input file at its limit."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.max_upload_bytes * MAX_INPUT_FILES + self.json_limit
+
+    @property
+    def json_limit(self) -> int:
+        """Every other body is read whole, so it is held to about the size of params."""
+        return self.max_params_bytes + JSON_BODY_SLACK
 
     @property
     def tasks_dir(self) -> Path:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from adapters.files.local import LocalFileStore, LocalTaskFiles
+from adapters.files.lock import DataDirLock
 from adapters.sql.database import Database
 from adapters.sql.engine import make_engine, upgrade
 from adapters.sql.task_store import SqlTaskStore
@@ -61,10 +62,28 @@ class Runtime:
     webhooks: WebhookService = field(init=False)
     dispatcher: WebhookDispatcher = field(init=False)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+    lock: DataDirLock | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
+        """Wire everything; in default mode first lock the data folder (one server per folder)."""
         settings.check_mode()
+        lock = None
+        if settings.mode == "default":
+            # before the database: a second server must not requeue the first one's tasks
+            url = f"http://{settings.host}:{settings.port}"
+            lock = DataDirLock.acquire(settings.data_dir, url)
+        try:
+            runtime = await cls._wire(settings)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        runtime.lock = lock
+        return runtime
+
+    @classmethod
+    async def _wire(cls, settings: Settings) -> Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.tasks_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.db_uri)
@@ -88,6 +107,9 @@ class Runtime:
             flows,
             max_upload_bytes=settings.max_upload_bytes,
             max_attempts=settings.max_attempts,
+            # server mode may have NATS workers: a leftover work message of an earlier
+            # attempt gets at most max_attempts deliveries; a retry skips past all of them
+            retry_skip=settings.max_attempts + 1 if settings.mode == "server" else 0,
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)
@@ -114,7 +136,7 @@ class Runtime:
             id=f"{socket.gethostname()}/inprocess",
             name="in-process",
             host=socket.gethostname(),
-            flows=self.flows.names(),
+            flows=self.flows.runnable(),
             concurrency=s.workers,
             transport="inprocess",
         )
@@ -123,7 +145,10 @@ class Runtime:
             progress_interval=s.progress_interval,
             poll_interval=s.poll_interval,
             grace_seconds=min(10.0, s.lease_seconds),
-            device=detect_device(s.device),
+            # 'auto' stays unresolved until a flow asks (RunContext.device): the server at rest
+            # does not import torch; 'cuda' is checked now, so a missing GPU stops the start
+            device=s.device if s.device == "auto" else detect_device(s.device),
+            batch_limit=s.batch_limit,
         )
         return Worker(identity, self.queue, LocalTaskFiles(s.tasks_dir), self.flows, options)
 
@@ -170,6 +195,7 @@ class Runtime:
                 log.exception("reaper round failed")
 
     async def close(self) -> None:
+        self.hub.close()
         if self.worker is not None:
             self.worker.stop()
         for job in reversed(self._background):
@@ -185,6 +211,9 @@ class Runtime:
         if self.notifier is not None:
             await self.notifier.close()
         await self.db.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _nats_bridge(settings: Settings, db: Database, store: SqlTaskStore) -> NatsBridge:
