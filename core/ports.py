@@ -30,6 +30,8 @@ class WorkerIdentity:
     concurrency: int = 1
     owner: str | None = None
     transport: str = "inprocess"
+    resources: dict[str, str | int | None] = field(default_factory=dict, compare=False)
+    """Device, device memory, host memory: shown by ``GET /api/workers``."""
 
 
 @dataclass(frozen=True)

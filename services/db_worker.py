@@ -17,7 +17,7 @@ from adapters.sql.work_queue import SqlWorkQueue, Waker
 from core.errors import ConfigError
 from core.ports import WorkerIdentity
 from core.settings import Settings
-from flows.device import detect_device
+from flows.device import detect_device, device_resources
 from flows.registry import FlowRegistry, installed_flows
 from services.webhook_service import install_webhooks
 from services.worker import Worker, WorkerOptions
@@ -39,7 +39,12 @@ def select_flows(registry: FlowRegistry, wanted: list[str] | None) -> tuple[str,
 
 
 def worker_identity(
-    name: str | None, flows: tuple[str, ...], concurrency: int, owner: str | None, transport: str
+    name: str | None,
+    flows: tuple[str, ...],
+    concurrency: int,
+    owner: str | None,
+    transport: str,
+    device: str = "cpu",
 ) -> WorkerIdentity:
     host = socket.gethostname()
     name = name or f"{host}-{os.getpid()}"
@@ -51,6 +56,7 @@ def worker_identity(
         concurrency=concurrency,
         owner=owner,
         transport=transport,
+        resources=device_resources(device),
     )
 
 
@@ -100,7 +106,12 @@ async def run_db_worker(
         )
     registry = installed_flows()
     identity = worker_identity(
-        name, select_flows(registry, flows), concurrency, owner, transport="db"
+        name,
+        select_flows(registry, flows),
+        concurrency,
+        owner,
+        transport="db",
+        device=detect_device(settings.device),
     )
     # a connection per slot plus the claim loop, housekeeping and NOTIFY: a smaller pool
     # overflows, and overflow connections are closed after use (a reconnect per task).

@@ -46,6 +46,7 @@ from core.events import token
 from core.identity import Role
 from core.redelivery import NATS_WORKER_PREFIX
 from core.settings import Settings
+from flows.device import detect_device
 from flows.registry import installed_flows
 from services.db_worker import (
     log_start,
@@ -83,7 +84,9 @@ async def run_nats_worker(
         log.info("stopped before NATS could be reached")
         return
     owner, inbox = resolved
-    local = worker_identity(name, selected, concurrency, owner, transport="nats")
+    local = worker_identity(
+        name, selected, concurrency, owner, transport="nats", device=detect_device(settings.device)
+    )
     identity = dataclasses.replace(local, id=f"{NATS_WORKER_PREFIX}{local.id}")
     broker = make_broker(
         settings.nats_url, auth, name=f"flowyard-worker {identity.name}", inbox_prefix=inbox

@@ -30,10 +30,11 @@ from core.errors import Unavailable
 from core.events import Event, TaskCancelRequested
 from core.ports import WorkerIdentity
 from core.settings import Settings
-from flows.device import detect_device
+from flows.device import detect_device, device_resources
 from flows.registry import FlowRegistry, installed_flows
 from services.auth_service import Authenticator
 from services.event_tailer import run_event_tailer
+from services.metrics import ServerMetrics
 from services.task_service import TaskService
 from services.webhook_dispatcher import WebhookDispatcher
 from services.webhook_service import WebhookService, install_webhooks
@@ -63,6 +64,7 @@ class Runtime:
     dispatcher: WebhookDispatcher = field(init=False)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     lock: DataDirLock | None = None
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
@@ -113,6 +115,8 @@ class Runtime:
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)
+        if settings.mode != "server":  # server mode: the tailer observes (``_tailed``)
+            db.on_commit(runtime.metrics.tasks.observe)
         runtime.auth = Authenticator(SqlUserStore(db), settings)
         try:
             await runtime.auth.bootstrap(settings)  # refuses a server nobody can administer
@@ -122,6 +126,7 @@ class Runtime:
         recorder = install_webhooks(db, settings)  # delivery rows commit with their events
         runtime.webhooks = WebhookService(SqlWebhookStore(db), recorder, settings)
         runtime.dispatcher = WebhookDispatcher(runtime.webhooks.store, recorder, settings)
+        runtime.dispatcher.on_attempt = runtime.metrics.webhooks.attempt
         db.on_commit(runtime.dispatcher.on_commit)
         if settings.mode == "default" and settings.workers > 0:
             runtime.worker = runtime._local_worker()
@@ -139,6 +144,7 @@ class Runtime:
             flows=self.flows.runnable(),
             concurrency=s.workers,
             transport="inprocess",
+            resources=device_resources(s.device),
         )
         options = WorkerOptions(
             heartbeat_seconds=s.heartbeat_seconds,
@@ -181,6 +187,7 @@ class Runtime:
     def _tailed(self, events: Sequence[Event]) -> None:
         """Events other processes wrote: to the live hub, and a nudge for the NATS relay."""
         self.hub.publish(events)
+        self.metrics.tasks.observe(events)
         if self.nats is not None:
             self.nats.kick()
 

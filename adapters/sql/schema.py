@@ -101,6 +101,8 @@ workers = sa.Table(
     sa.Column("concurrency", sa.Integer, nullable=False),
     sa.Column("owner", Name, nullable=True),
     sa.Column("transport", sa.String(40), nullable=False),
+    # device, device and host memory the worker reported (NULL: a worker from before 0004)
+    sa.Column("resources", sa.JSON, nullable=True),
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("last_seen_at", UtcDateTime, nullable=False),
 )

@@ -101,6 +101,7 @@ class SqlTaskStore:
             "concurrency": worker.concurrency,
             "owner": worker.owner,
             "transport": worker.transport,
+            "resources": dict(worker.resources) or None,
             "last_seen_at": now,
         }
         async with self.db.write() as tx:

@@ -106,11 +106,13 @@ class WorkerEventConsumer:
         *,
         batch: int = 256,
         wait: float = 1.0,
+        on_missing: Callable[[], None] | None = None,
     ) -> None:
         self.projection = projection
         self.outputs = outputs
         self.batch = batch
         self.wait = wait
+        self.on_missing = on_missing
         self.puller = Puller(client, EVENTS_STREAM, SERVER_CONSUMER)
         self.recorded = 0
         self.refused = 0
@@ -123,6 +125,8 @@ class WorkerEventConsumer:
                 msgs = await self.puller.pull(self.batch, wait=self.wait)
                 if msgs:
                     await self.handle(msgs)
+                elif self.puller.missing:
+                    _missing(self.puller, self.on_missing)
                 backoff = 0.2
             except Unavailable as exc:
                 log.warning("worker events: %s; retrying in %.1fs", exc.message, backoff)
@@ -214,6 +218,13 @@ class WorkerEventConsumer:
         await self.puller.close()
 
 
+def _missing(puller: Puller, on_missing: Callable[[], None] | None) -> None:
+    """The consumer is gone (JetStream lost it): have it set up again, and back off meanwhile."""
+    if on_missing is not None:
+        on_missing()
+    raise Unavailable(f"NATS: consumer {puller.consumer} on {puller.stream} is missing")
+
+
 def _has_outputs(event: Event) -> bool:
     return isinstance(event, TaskDone) and event.status == "succeeded" and bool(event.outputs)
 
@@ -295,6 +306,7 @@ def register_server_handlers(
             concurrency=presence.concurrency,
             owner=presence.owner,
             transport="nats",
+            resources=presence.resources,
         )
         with contextlib.suppress(Unavailable):
             await register_worker(identity, utcnow())
@@ -336,11 +348,13 @@ class AdvisoryWatcher:
         *,
         lease_seconds: float,
         wait: float = 2.0,
+        on_missing: Callable[[], None] | None = None,
     ) -> None:
         self.js = js
         self.projection = projection
         self.lease_seconds = lease_seconds
         self.wait = wait
+        self.on_missing = on_missing
         self.puller = Puller(client, ADVISORY_STREAM, SERVER_CONSUMER)
         self.failed = 0
 
@@ -348,8 +362,11 @@ class AdvisoryWatcher:
         backoff = 0.2
         while True:
             try:
-                for msg in await self.puller.pull(16, wait=self.wait):
+                msgs = await self.puller.pull(16, wait=self.wait)
+                for msg in msgs:
                     await self.handle(msg)
+                if not msgs and self.puller.missing:
+                    _missing(self.puller, self.on_missing)
                 backoff = 0.2
             except Unavailable as exc:
                 log.warning("advisories: %s; retrying in %.1fs", exc.message, backoff)

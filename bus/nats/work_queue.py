@@ -38,7 +38,7 @@ from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
 from bus.nats.pull import Puller
@@ -105,6 +105,7 @@ class WorkerPresence(BaseModel):
     concurrency: int
     owner: str | None = None
     transport: str = "nats"
+    resources: dict[str, str | int | None] = Field(default_factory=dict)
 
 
 @dataclass

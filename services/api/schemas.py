@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from core.events import FileRef
 from core.task import Task, TaskState
@@ -18,6 +18,7 @@ class InputOut(BaseModel):
     size: int
     media_type: str
     input: str | None
+    url: str
 
 
 class OutputOut(BaseModel):
@@ -54,7 +55,7 @@ class TaskOut(BaseModel):
         data = task.model_dump(exclude={"inputs", "outputs", "lease_expires_at"})
         return cls(
             **data,
-            inputs=[InputOut(**f.model_dump(exclude={"path"})) for f in task.inputs],
+            inputs=[_input(task.id, f) for f in task.inputs],
             outputs=[_output(task.id, f) for f in task.outputs],
         )
 
@@ -68,6 +69,13 @@ def _output(task_id: uuid.UUID, ref: FileRef) -> OutputOut:
     )
 
 
+def _input(task_id: uuid.UUID, ref: FileRef) -> InputOut:
+    return InputOut(
+        **ref.model_dump(exclude={"path"}),
+        url=f"/api/tasks/{task_id}/inputs/{quote(ref.name)}",
+    )
+
+
 class TaskPage(BaseModel):
     items: list[TaskOut]
     limit: int
@@ -75,13 +83,46 @@ class TaskPage(BaseModel):
     next_offset: int | None
 
 
-class CreateTask(BaseModel):
-    """The JSON form of ``POST /api/tasks`` (tasks without input files)."""
+def _no_bool_or_text(value: Any) -> Any:
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("Input should be a valid integer (a JSON number, not text or a boolean)")
+    return value
 
-    flow: str = Field(min_length=1, max_length=200)
+
+Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
+"""An integer as JSON Schema means it: ``3`` and ``3.0`` are integers; ``true``, ``"3"``,
+``"٣"`` and ``3.5`` are not (pydantic's lax int takes the first three, strict refuses 3.0)."""
+
+MAX_INT = 2**31 - 1
+"""Upper bound of every integer query or path value: past 2^63 the database driver fails."""
+
+
+class Error(BaseModel):
+    """Every error response: ``detail`` starts with the bad field's name when there is one."""
+
+    detail: str
+    field: str | None = Field(description="the request field at fault, if one is")
+    type: str = Field(description="the error class in core/errors.py, e.g. InvalidInput")
+
+
+class CreateTask(BaseModel):
+    """The JSON form of ``POST /api/tasks`` (tasks without input files).
+
+    Strict types: ``true`` is not a priority and ``"3"`` is not an integer.
+    """
+
+    flow: StrictStr = Field(min_length=1, max_length=200)
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: Integer = Field(default=0, ge=-1000, le=1000)
+    owner: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+
+
+class UpdateTask(BaseModel):
+    """``PATCH /api/tasks/{id}``: what may change on a queued task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Integer = Field(ge=-1000, le=1000, description="higher is claimed first")
 
 
 class WorkerOut(BaseModel):
@@ -92,6 +133,9 @@ class WorkerOut(BaseModel):
     concurrency: int
     owner: str | None
     transport: str
+    resources: dict[str, str | int | None] | None = Field(
+        default=None, description="device, device_name, device_memory_bytes, host_memory_bytes"
+    )
     started_at: datetime
     last_seen_at: datetime
     online: bool

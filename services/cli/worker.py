@@ -21,8 +21,8 @@ import typer
 
 from core.errors import ConfigError
 from core.identity import TOKEN_PREFIX, token_id_of
-from services.cli.serve import configure_logging
 from services.config import load_settings
+from services.logs import configure_logging
 
 WORKER_AUTH_ENV = "FLOWYARD_WORKER_AUTH"
 TOKEN_ENV = "FLOWYARD_TOKEN"
@@ -159,12 +159,26 @@ def worker_command(
     creds: Annotated[
         Path | None, typer.Option("--creds", help="NATS credentials file (JWT + nkey seed).")
     ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="Start one worker per GPU: 'all' or device numbers such as 0,2 "
+            "(each gets its own CUDA_VISIBLE_DEVICES).",
+        ),
+    ] = None,
 ) -> None:
     """Claim tasks of the installed flows and run them until SIGTERM.
 
     Over NATS with a login and no --owner, the server says whose tasks it may
     take: an admin's worker every owner's, a user's worker that user's.
     """
+    if gpus is not None:
+        from services.gpu_workers import gpu_list, run_per_gpu
+
+        devices = gpu_list(gpus)
+        configure_logging()
+        raise typer.Exit(run_per_gpu(_own_arguments(), devices, name))
     settings = load_settings(
         config,
         database_uri=db,
@@ -197,7 +211,7 @@ def worker_command(
             )
         from services.nats_worker import run_nats_worker
 
-        configure_logging()
+        configure_logging(settings.log_level, settings.log_format, settings.log_file)
         asyncio.run(
             run_nats_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
         )
@@ -209,9 +223,15 @@ def worker_command(
             "pass --db URI (the server's database) or --nats URL (its NATS server); "
             "or set FLOWYARD_DATABASE_URI / FLOWYARD_NATS_URL"
         )
-    configure_logging()
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
     # the schema check would log alembic's banner before every start, or before its one error
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     asyncio.run(
         run_db_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
     )
+
+
+def _own_arguments() -> list[str]:
+    """This command's arguments as typed (after ``worker``), for the per-GPU children."""
+    argv = sys.argv[1:]
+    return argv[argv.index("worker") + 1 :] if "worker" in argv else argv

@@ -1,0 +1,86 @@
+"""``flowyard worker --gpus all|0,2``: one worker process per GPU.
+
+Each child is the same ``flowyard worker`` command without ``--gpus``, with
+``CUDA_VISIBLE_DEVICES`` set to its one device and ``-gpu<N>`` appended to its
+name, so it sees exactly one GPU as ``cuda:0`` and reports it. Flows choose
+their device from the worker (``ctx.device``), never by themselves. The parent
+only supervises: SIGTERM and SIGINT reach every child, and it exits when they
+all have, with the worst exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def gpu_list(spec: str, count: Callable[[], int] = cuda_device_count) -> list[str]:
+    """``all`` (every visible device) or comma-separated device indexes, each once."""
+    if spec.strip() == "all":
+        found = count()
+        if found == 0:
+            raise ConfigError("--gpus all: torch sees no CUDA device here")
+        return [str(i) for i in range(found)]
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ConfigError(f"--gpus {spec!r}: give 'all' or device numbers such as 0,2")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"--gpus {spec!r}: a device is named twice")
+    return parts
+
+
+def child_argv(argv: Sequence[str], gpu: str, name: str) -> list[str]:
+    """The worker's own arguments without ``--gpus`` and ``--name``, named for its GPU."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--gpus", "--name"):
+            skip = True
+            continue
+        if arg.startswith(("--gpus=", "--name=")):
+            continue
+        out.append(arg)
+    return [*out, "--name", f"{name}-gpu{gpu}"]
+
+
+def run_per_gpu(argv: Sequence[str], gpus: Sequence[str], name: str | None) -> int:
+    """Start one child per GPU and wait for all of them."""
+    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    command = [sys.executable, "-c", "from services.cli.main import main; main()", "worker"]
+    children = [
+        subprocess.Popen(
+            [*command, *child_argv(argv, gpu, base)],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu},
+        )
+        for gpu in gpus
+    ]
+    log.info("started %d workers, one per GPU %s", len(children), ",".join(gpus))
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max((abs(code) for code in codes), default=0)
