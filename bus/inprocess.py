@@ -19,24 +19,37 @@ from core.events import Event
 
 log = logging.getLogger(__name__)
 
-WAKE_TYPES = frozenset({"task.created", "task.requeued"})
+WAKE_TYPES = frozenset({"task.created", "task.requeued", "task.retried"})
 
 
 class EventHub:
+    """Fan-out to live subscribers. A subscriber's queue yields ``None`` once the hub closed."""
+
     def __init__(self, queue_size: int = 1000) -> None:
-        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._subscribers: set[asyncio.Queue[Event | None]] = set()
         self._queue_size = queue_size
+        self._closed = False
 
     def publish(self, events: Sequence[Event]) -> None:
         for queue in self._subscribers:
             for event in events:
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(event)
+                _put_dropping_oldest(queue, event)
+
+    def close(self) -> None:
+        """End every live stream now: a server that stops must not wait for its readers.
+
+        uvicorn waits for open responses before the app's shutdown runs, so this is
+        called when shutdown begins (``services/cli/serve.py``), and again on close.
+        """
+        self._closed = True
+        for queue in self._subscribers:
+            _put_dropping_oldest(queue, None)
 
     @contextlib.asynccontextmanager
-    async def subscription(self) -> AsyncIterator[asyncio.Queue[Event]]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
+    async def subscription(self) -> AsyncIterator[asyncio.Queue[Event | None]]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(self._queue_size)
+        if self._closed:
+            queue.put_nowait(None)
         self._subscribers.add(queue)
         try:
             yield queue
@@ -45,14 +58,19 @@ class EventHub:
 
     async def subscribe(self, task_id: uuid.UUID | None = None) -> AsyncIterator[Event]:
         async with self.subscription() as queue:
-            while True:
-                event = await queue.get()
+            while (event := await queue.get()) is not None:
                 if task_id is None or event.task_id == task_id:
                     yield event
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+
+def _put_dropping_oldest(queue: asyncio.Queue[Event | None], item: Event | None) -> None:
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
 
 
 class LocalWaker:

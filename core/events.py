@@ -104,6 +104,26 @@ class TaskRequeued(EventBase):
     reason: str
 
 
+class TaskRetried(EventBase):
+    """A failed or cancelled task queued again by a person: a new attempt of the same task.
+
+    ``attempt`` is the attempt that ended; the next claim runs ``next_attempt``. Over
+    NATS the server skips attempt numbers (``next_attempt`` > ``attempt + 1``) so that
+    no leftover work message of an earlier attempt can claim the new one.
+    """
+
+    type: Literal["task.retried"] = "task.retried"
+    next_attempt: int = Field(ge=1)
+    max_attempts: int = Field(ge=1)
+
+
+class TaskReprioritized(EventBase):
+    """A queued task's priority changed (higher is claimed first)."""
+
+    type: Literal["task.reprioritized"] = "task.reprioritized"
+    priority: int
+
+
 class TaskDone(EventBase):
     type: Literal["task.done"] = "task.done"
     status: DoneStatus
@@ -114,7 +134,14 @@ class TaskDone(EventBase):
 
 
 Event = Annotated[
-    TaskCreated | TaskClaimed | TaskProgress | TaskCancelRequested | TaskRequeued | TaskDone,
+    TaskCreated
+    | TaskClaimed
+    | TaskProgress
+    | TaskCancelRequested
+    | TaskRequeued
+    | TaskRetried
+    | TaskReprioritized
+    | TaskDone,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[str, ...] = (
@@ -123,6 +150,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "task.progress",
     "task.cancel_requested",
     "task.requeued",
+    "task.retried",
+    "task.reprioritized",
     "task.done",
 )
 

@@ -5,13 +5,16 @@ later event moves it on. ``apply`` is idempotent (an event already reflected in
 the task returns the task unchanged) and refuses what the state machine forbids:
 
     queued ──claimed──▶ running ──done──▶ succeeded | failed | cancelled
-      ▲                   │
-      └────requeued───────┘            queued ──done(cancelled | failed)──▶ finished
+      ▲ ▲                 │                           │        │
+      │ └────requeued─────┘                           │        │
+      └──────────────── retried ◀─────────────────────┴────────┘
+    queued ──done(cancelled | failed)──▶ finished
 
-Attempts count claims: the n-th claim runs attempt n. ``claimed``, ``progress``,
-``cancel_requested``, ``requeued`` and ``done`` must carry the current attempt
-(a fencing token), so a worker that lost its lease cannot overwrite the attempt
-that replaced it.
+Attempts count claims: each claim runs the next attempt (a retry may skip
+numbers, see ``TaskRetried``). ``claimed``, ``progress``, ``cancel_requested``,
+``requeued``, ``retried``, ``reprioritized`` and ``done`` must carry the current
+attempt (a fencing token), so a worker that lost its lease cannot overwrite the
+attempt that replaced it. Only a queued task's priority may change.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from core.events import (
     TaskCreated,
     TaskDone,
     TaskProgress,
+    TaskReprioritized,
     TaskRequeued,
+    TaskRetried,
 )
 
 
@@ -101,6 +106,8 @@ def apply(task: Task | None, event: Event) -> Task:
         return _claimed(task, event)
     if isinstance(event, TaskDone):
         return _done(task, event)
+    if isinstance(event, TaskRetried):
+        return _retried(task, event)
     _check_attempt(task, event)
     if isinstance(event, TaskProgress):
         if task.state is not TaskState.running:
@@ -131,7 +138,74 @@ def apply(task: Task | None, event: Event) -> Task:
                 "updated_at": event.at,
             }
         )
+    if isinstance(event, TaskReprioritized):
+        if task.state is not TaskState.queued:
+            raise IllegalTransition(
+                f"task {task.id} is {task.state}: only a queued task's priority can change"
+            )
+        if task.priority == event.priority:
+            return task
+        return task.model_copy(update={"priority": event.priority, "updated_at": event.at})
     raise IllegalTransition(f"unknown event {type(event).__name__}")  # pragma: no cover
+
+
+RETRYABLE = frozenset({TaskState.failed, TaskState.cancelled})
+
+
+def _retried(task: Task, event: TaskRetried) -> Task:
+    """Back to queued for a new attempt; the history (events, created_at, inputs) stays."""
+    base = event.next_attempt - 1
+    if (
+        task.state is TaskState.queued
+        and task.attempt == base
+        and task.max_attempts == event.max_attempts
+    ):
+        return task  # already reflected
+    if task.state not in RETRYABLE:
+        raise IllegalTransition(
+            f"task {task.id} is {task.state}: only a failed or cancelled task can be retried"
+        )
+    _check_attempt(task, event)
+    if base < task.attempt or event.max_attempts <= base:
+        raise IllegalTransition(
+            f"retry of task {task.id} to attempt {event.next_attempt} of {event.max_attempts} "
+            f"after attempt {task.attempt}"
+        )
+    return task.model_copy(
+        update={
+            "state": TaskState.queued,
+            "attempt": base,
+            "max_attempts": event.max_attempts,
+            "worker_id": None,
+            "lease_expires_at": None,
+            "cancel_requested": False,
+            "progress": 0.0,
+            "message": "retried",
+            "error": None,
+            "outputs": (),
+            "claimed_at": None,
+            "finished_at": None,
+            "cancelled_at": None,
+            "updated_at": event.at,
+        }
+    )
+
+
+def retry_event(task: Task, *, attempts: int, skip: int = 0) -> TaskRetried:
+    """The event that gives a failed or cancelled task ``attempts`` more attempts.
+
+    ``skip`` attempt numbers are left out first (NATS: the deliveries a leftover
+    work message of an earlier attempt could still get, plus one).
+    """
+    base = task.attempt + skip
+    return TaskRetried(
+        task_id=task.id,
+        flow=task.flow,
+        owner=task.owner,
+        attempt=task.attempt,
+        next_attempt=base + 1,
+        max_attempts=base + attempts,
+    )
 
 
 def _check_attempt(task: Task, event: Event) -> None:

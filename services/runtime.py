@@ -73,7 +73,8 @@ class Runtime:
         lock = None
         if settings.mode == "default":
             # before the database: a second server must not requeue the first one's tasks
-            url = f"http://{settings.host}:{settings.port}"
+            scheme = "https" if settings.tls_enabled else "http"
+            url = f"{scheme}://{settings.host}:{settings.port}"
             lock = DataDirLock.acquire(settings.data_dir, url)
         try:
             runtime = await cls._wire(settings)

@@ -1,4 +1,4 @@
-"""Use cases of the server: create, read, cancel and delete tasks, as a principal.
+"""Use cases of the server: create, read, cancel, retry, reprioritize and delete tasks.
 
 Every read and action is scoped to what the caller may see: someone else's task
 is ``TaskNotFound``, exactly as a missing one. Validation happens before
@@ -24,10 +24,18 @@ from core.errors import (
     TaskFinished,
     TaskNotFound,
 )
-from core.events import Event, FileRef, TaskCancelRequested, TaskCreated, TaskDone
+from core.events import (
+    Event,
+    FileRef,
+    TaskCancelRequested,
+    TaskCreated,
+    TaskDone,
+    TaskReprioritized,
+)
+from core.files import safe_file_name
 from core.flow import Flow
 from core.identity import Principal
-from core.task import Task, TaskState
+from core.task import RETRYABLE, Task, TaskState, retry_event
 from flows.registry import FlowRegistry
 
 
@@ -54,12 +62,15 @@ class TaskService:
         *,
         max_upload_bytes: int,
         max_attempts: int,
+        retry_skip: int = 0,
     ) -> None:
+        """``retry_skip``: attempt numbers a retry leaves out (see ``core.task.retry_event``)."""
         self.store = store
         self.files = files
         self.flows = flows
         self.max_upload_bytes = max_upload_bytes
         self.max_attempts = max_attempts
+        self.retry_skip = retry_skip
 
     def flow(self, name: str) -> type[Flow]:
         try:
@@ -89,6 +100,8 @@ class TaskService:
 
     async def create(self, request: NewTask, uploads: Sequence[Upload] = ()) -> Task:
         flow_cls = self.validate(request, len(uploads))
+        for upload in uploads:  # every name is checked before the first byte is written
+            safe_file_name(upload.filename)
         params = flow_cls.parse_params(request.params).model_dump(mode="json")
         task_id = uuid.uuid4()
         try:
@@ -174,6 +187,32 @@ class TaskService:
                 task_id=task.id, flow=task.flow, owner=task.owner, attempt=task.attempt
             )
         )
+
+    async def retry(self, task_id: uuid.UUID, caller: Principal) -> Task:
+        """A failed or cancelled task is queued again as a new attempt, with its history."""
+        task = await self.get(task_id, caller)
+        if task.state not in RETRYABLE:
+            raise IllegalTransition(
+                f"task {task_id} is {task.state}: only a failed or cancelled task can be retried"
+            )
+        event = retry_event(task, attempts=self.max_attempts, skip=self.retry_skip)
+        return await self.store.record(event)
+
+    async def set_priority(self, task_id: uuid.UUID, caller: Principal, priority: int) -> Task:
+        """Only while queued: a running or finished task's priority means nothing any more."""
+        task = await self.get(task_id, caller)
+        if task.state is not TaskState.queued:
+            raise IllegalTransition(
+                f"task {task_id} is {task.state}: only a queued task's priority can change"
+            )
+        event = TaskReprioritized(
+            task_id=task.id,
+            flow=task.flow,
+            owner=task.owner,
+            attempt=task.attempt,
+            priority=priority,
+        )
+        return await self.store.record(event)
 
     async def delete(self, task_id: uuid.UUID, caller: Principal) -> None:
         task = await self.get(task_id, caller)

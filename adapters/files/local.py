@@ -22,7 +22,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from core.errors import FlowFailed, OutputNotFound, UploadTooLarge
+from core.errors import FlowFailed, NotFound, OutputNotFound, UploadTooLarge
 from core.events import FileRef
 from core.files import guess_media_type, safe_file_name
 from core.ports import AttemptFiles
@@ -85,6 +85,15 @@ class LocalFileStore:
                     return path, ref
                 break
         raise OutputNotFound(f"task {task.id} has no output named {name!r}")
+
+    def input_path(self, task: Task, name: str) -> tuple[Path, FileRef]:
+        for ref in task.inputs:
+            if ref.name == name:
+                path = self.task_dir(task.id) / ref.path
+                if path.is_file():
+                    return path, ref
+                break
+        raise NotFound(f"task {task.id} has no input named {name!r}")
 
     async def delete_task(self, task_id: uuid.UUID) -> None:
         await asyncio.to_thread(shutil.rmtree, self.task_dir(task_id), True)

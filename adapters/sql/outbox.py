@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from adapters.sql.database import Database
+from adapters.sql.rows import task_from_row
 from adapters.sql.schema import events, tasks
 from core.events import Event, parse_event, utcnow
+from core.task import Task
 
 LAG_COUNT_CAP = 10_000
 """The health check counts at most this many pending events (never a full COUNT(*))."""
@@ -79,6 +81,12 @@ class SqlOutbox:
             await tx.conn.execute(
                 sa.update(events).where(events.c.seq.in_(list(seqs))).values(relayed_at=when)
             )
+
+    async def task(self, task_id: uuid.UUID) -> Task | None:
+        """The task row as it is now: the work body of a retried task comes from it."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
+        return None if row is None else task_from_row(row)
 
     async def lag(self, now: datetime | None = None) -> OutboxLag:
         pending = (

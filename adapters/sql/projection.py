@@ -24,11 +24,11 @@ from datetime import datetime
 from typing import Literal
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from adapters.sql.database import Database, Tx
 from adapters.sql.rows import task_from_row, task_values
-from adapters.sql.schema import events, tasks
+from adapters.sql.schema import events, tasks, workers
 from adapters.sql.task_store import append_event, append_events, load_for_update, write_task
 from core.errors import Conflict
 from core.events import Event, TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
@@ -39,6 +39,7 @@ from core.redelivery import (
     Outcome,
     WorkerEvent,
     catch_up,
+    is_nats_worker,
 )
 from core.task import Task, TaskState, apply, lease_expired
 
@@ -84,6 +85,7 @@ class SqlProjection:
         seen = await _known_events(tx, [item.event.id for item in items])
         log_rows: list[tuple[Event, bool]] = []  # (event, came from the bus), in order
         outcomes = []
+        claimers: dict[str, TaskClaimed] = {}
         for item in items:
             outcome, steps = self._fold(current, seen, item, now)
             outcomes.append(outcome)
@@ -91,12 +93,15 @@ class SqlProjection:
             if outcome.status == "recorded":
                 log_rows.append((item.event, True))
                 seen.add(item.event.id)
+                if isinstance(item.event, TaskClaimed):
+                    claimers.setdefault(item.event.worker_id, item.event)
         changed = [task for task_id, task in current.items() if task is not before[task_id]]
         await _write_tasks(tx, changed)
         # one insert per run of rows with the same relayed_at, in order: the log keeps
         # each task's order (a derived requeue sits between the claims it separates)
         for from_bus, run in itertools.groupby(log_rows, key=lambda row: row[1]):
             await append_events(tx, [e for e, _ in run], relayed_at=now if from_bus else None)
+        await _register_claimers(tx, claimers, now)
         return outcomes
 
     def _fold(
@@ -184,11 +189,22 @@ class SqlProjection:
     async def fail_undelivered(
         self, task_id: uuid.UUID, deliveries: int, error: str, now: datetime | None = None
     ) -> TaskDone | None:
-        """The work message hit JetStream's MaxDeliver: end the task unless it already ended."""
+        """The work message hit JetStream's MaxDeliver: end the task unless it already ended.
+
+        ``deliveries`` is the last attempt the message ran (its base plus MaxDeliver). A
+        message whose attempts all lie behind the task's (a leftover from before a
+        retry, or a message the reconciler replaced) ends nothing, and neither does one
+        whose task has attempts left by the database's count: the database counts
+        recorded claims, not deliveries (the reconciler dispatches it again).
+        """
         now = now or utcnow()
         async with self.db.write() as tx:
             task = await load_for_update(tx, task_id)
-            if task is None or task.state.finished:
+            if task is None or task.state.finished or deliveries < task.attempt:
+                return None
+            if task.attempt < task.max_attempts:
+                # some deliveries never became recorded attempts (their claims were lost, e.g.
+                # while FLOWYARD_EVENTS was missing): the reconciler sends the work again
                 return None
             status: Literal["failed", "cancelled"] = (
                 "cancelled" if task.cancel_requested else "failed"
@@ -200,6 +216,28 @@ class SqlProjection:
                 attempt=task.attempt,
                 at=now,
                 status=status,
+                error=error,
+            )
+            await write_task(tx, task, apply(task, done))
+            await append_event(tx, done)
+        return done
+
+    async def fail_stuck(
+        self, task_id: uuid.UUID, attempt: int, error: str, now: datetime | None = None
+    ) -> TaskDone | None:
+        """Fail a task still queued at ``attempt`` whose work no worker ever claimed."""
+        now = now or utcnow()
+        async with self.db.write() as tx:
+            task = await load_for_update(tx, task_id)
+            if task is None or task.state is not TaskState.queued or task.attempt != attempt:
+                return None
+            done = TaskDone(
+                task_id=task.id,
+                flow=task.flow,
+                owner=task.owner,
+                attempt=task.attempt,
+                at=now,
+                status="cancelled" if task.cancel_requested else "failed",
                 error=error,
             )
             await write_task(tx, task, apply(task, done))
@@ -242,23 +280,31 @@ class SqlProjection:
             await append_event(tx, event)
         return event, updated
 
-    async def queued(self, updated_before: datetime, limit: int = 1000) -> list[Task]:
-        """Queued tasks, oldest first, whose events have all been relayed (work was sent)."""
+    async def queued(
+        self,
+        updated_before: datetime,
+        limit: int = 1000,
+        after: tuple[datetime, uuid.UUID] | None = None,
+    ) -> list[Task]:
+        """Queued tasks, oldest first, whose events have all been relayed (work was sent).
+
+        ``after`` is the ``(updated_at, id)`` of the last task of the previous page.
+        """
         unrelayed = (
             sa.select(events.c.seq)
             .where((events.c.task_id == tasks.c.id) & events.c.relayed_at.is_(None))
             .exists()
         )
-        query = (
-            sa.select(tasks)
-            .where(
-                (tasks.c.state == TaskState.queued.value)
-                & (tasks.c.updated_at < updated_before)
-                & ~unrelayed
-            )
-            .order_by(tasks.c.updated_at)
-            .limit(limit)
+        where = (
+            (tasks.c.state == TaskState.queued.value)
+            & (tasks.c.updated_at < updated_before)
+            & ~unrelayed
         )
+        if after is not None:
+            where &= (tasks.c.updated_at > after[0]) | (
+                (tasks.c.updated_at == after[0]) & (tasks.c.id > after[1])
+            )
+        query = sa.select(tasks).where(where).order_by(tasks.c.updated_at, tasks.c.id).limit(limit)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [task_from_row(r) for r in rows]
@@ -299,6 +345,51 @@ async def _write_tasks(tx: Tx, changed: list[Task]) -> None:
     columns = {name: sa.bindparam(name) for name in rows[0] if name != "b_id"}
     statement = sa.update(tasks).where(tasks.c.id == sa.bindparam("b_id")).values(columns)
     await tx.conn.execute(statement, rows)
+
+
+async def _register_claimers(tx: Tx, claims: dict[str, TaskClaimed], now: datetime) -> None:
+    """List a NATS worker from its first claim, in the claim's transaction.
+
+    Its presence announcement may have gone out before this server listened (it is
+    core NATS, not stored), so without this a new worker runs tasks unlisted until
+    its next announcement. What a claim does not say (concurrency, other flows) is
+    filled in by that announcement; a known worker is only marked seen.
+    """
+    claims = {
+        wid: c for wid, c in claims.items() if is_nats_worker(wid) and wid != UNREPORTED_WORKER
+    }
+    if not claims:
+        return
+    ids = sorted(claims)
+    query = sa.select(workers.c.id).where(workers.c.id.in_(ids))
+    known = set((await tx.conn.execute(query)).scalars())
+    if known:
+        await tx.conn.execute(
+            sa.update(workers).where(workers.c.id.in_(sorted(known))).values(last_seen_at=now)
+        )
+    for worker_id in ids:
+        if worker_id in known:
+            continue
+        claim = claims[worker_id]
+        host, _, name = worker_id.removeprefix(NATS_WORKER_PREFIX).partition("/")
+        row = {
+            "id": worker_id,
+            "name": name or host,
+            "host": host,
+            "flows": [claim.flow],
+            "concurrency": 0,
+            "owner": claim.owner,
+            "transport": "nats",
+            "started_at": now,
+            "last_seen_at": now,
+        }
+        try:
+            async with tx.conn.begin_nested():  # its announcement may insert it concurrently
+                await tx.conn.execute(sa.insert(workers).values(**row))
+        except IntegrityError:
+            log.debug("worker %s was registered meanwhile", worker_id)
+        else:
+            log.info("worker %s listed from its first claim", worker_id)
 
 
 def _holder_refusal(task: Task, item: WorkerEvent) -> str:

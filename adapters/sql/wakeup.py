@@ -8,6 +8,10 @@ On PostgreSQL, ``PgNotifier`` (a ``Database`` hook) sends ``NOTIFY flowyard_work
 with the flow as payload when a task becomes claimable, inside the transaction
 that made it so, and ``PgNotifyWaker`` (one LISTEN connection per process)
 wakes idle workers within milliseconds. NOTIFY is a hint: the slow poll stays.
+
+A cancel request rides the same way: ``NOTIFY flowyard_cancel`` with the task id,
+heard on the worker's LISTEN connection, stops the flow at once instead of at
+its next heartbeat (a third of the lease); the heartbeat stays the fallback.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import psycopg
 import psycopg.sql
@@ -60,7 +64,10 @@ WORK_CHANNEL = "flowyard_work"
 EVENTS_CHANNEL = "flowyard_events"
 """NOTIFY channel for 'the event log grew' (the server's event tailer listens)."""
 
-WORK_EVENTS = frozenset({"task.created", "task.requeued"})
+CANCEL_CHANNEL = "flowyard_cancel"
+"""NOTIFY channel for 'stop this task': the payload is its id (the worker running it listens)."""
+
+WORK_EVENTS = frozenset({"task.created", "task.requeued", "task.retried"})
 
 _NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
 _MAX_SUPPRESSED = 10_000
@@ -91,10 +98,13 @@ class PgNotifyWaker:
         payloads: Collection[str] | None = None,
         min_interval: float = 0.05,
         reconnect_max: float = 5.0,
+        also: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
+        """``also``: more channels on the same connection, each with what to call per payload."""
         self._uri = uri
         self._channel = channel
         self._payloads = frozenset(payloads) if payloads is not None else None
+        self._also = dict(also or {})
         self._max = poll_interval
         self._min = min(min_interval, poll_interval)
         self._next = self._min
@@ -176,14 +186,18 @@ class PgNotifyWaker:
             keepalives_count=2,
         )
         async with conn:
-            await conn.execute(
-                psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
-            )
+            for channel in (self._channel, *self._also):
+                await conn.execute(
+                    psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
+                )
             self._listening = True
             self._ready.set()
             self._kick.set()  # whatever was committed while nobody listened
             async for note in conn.notifies():
-                if self._payloads is None or note.payload in self._payloads:
+                handler = self._also.get(note.channel)
+                if handler is not None:
+                    handler(note.payload)
+                elif self._payloads is None or note.payload in self._payloads:
                     self._kick.set()
 
 
@@ -212,6 +226,8 @@ class PgNotifier:
         for event in batch:
             if event.type in WORK_EVENTS:
                 keys.setdefault((WORK_CHANNEL, event.flow), event.id)
+            elif event.type == "task.cancel_requested":
+                keys.setdefault((CANCEL_CHANNEL, str(event.task_id)), event.id)
             if self._events:
                 keys.setdefault((EVENTS_CHANNEL, ""), event.id)
         return keys
@@ -219,6 +235,9 @@ class PgNotifier:
     async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
         now = asyncio.get_running_loop().time()
         for key, event_id in self._keys(batch).items():
+            if key[0] == CANCEL_CHANNEL:  # one per task and rare: never debounced nor remembered
+                await tx.conn.execute(_NOTIFY, {"channel": key[0], "payload": key[1]})
+                continue
             last = self._sent.get(key)
             if last is not None and now - last < self._window:
                 self._suppressed.setdefault(event_id, set()).add(key)

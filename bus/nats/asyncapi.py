@@ -26,7 +26,9 @@ from core.events import (
     TaskCreated,
     TaskDone,
     TaskProgress,
+    TaskReprioritized,
     TaskRequeued,
+    TaskRetried,
 )
 from core.ports import WorkerIdentity
 from core.redelivery import LeaseAnswer, Outcome, WorkerEvent
@@ -39,6 +41,8 @@ EVENT_DOCS: tuple[tuple[str, type, str], ...] = (
     ("progress", TaskProgress, "Throttled progress of the running attempt."),
     ("cancel_requested", TaskCancelRequested, "Ask the worker running the task to stop."),
     ("requeued", TaskRequeued, "An attempt ended without a result; the task waits again."),
+    ("retried", TaskRetried, "A person queued a failed or cancelled task again."),
+    ("reprioritized", TaskReprioritized, "A queued task's priority changed."),
     ("done", TaskDone, "The result: succeeded, failed or cancelled, with outputs or error."),
 )
 

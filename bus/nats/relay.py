@@ -3,7 +3,10 @@
 Each pending event goes to ``FLOWYARD_EVENTS`` with ``Nats-Msg-Id`` = its id, and
 only after the PubAck is it marked relayed; a crash in between publishes it
 again, and JetStream drops the duplicate. A ``task.created`` whose task is still
-queued also sends the task's work (inputs uploaded first). A NATS outage stops
+queued also sends the task's work (inputs uploaded first), and so does a
+``task.retried`` whose attempt the task still waits for (its work message has
+the retry's attempt base, so attempts of a leftover message of an earlier
+attempt are all stale, see ``core.task.retry_event``). A NATS outage stops
 the relay, which backs off and retries: events wait in the database, none is
 lost.
 
@@ -26,10 +29,11 @@ from typing import Protocol
 from faststream.nats import NatsBroker
 
 from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
-from bus.nats.dispatch import WorkDispatcher
+from bus.nats.dispatch import WorkDispatcher, created_of
 from bus.nats.streams import EVENTS_STREAM, MSG_ID, ORIGIN, event_subject
 from core.errors import FlowyardError, Unavailable
-from core.events import Event, TaskCreated, utcnow
+from core.events import Event, TaskCreated, TaskRetried, utcnow
+from core.task import Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ class Outbox(Protocol):
     async def pending(self, limit: int) -> Sequence[Pending]: ...
 
     async def mark_relayed(self, seqs: Sequence[int], at: datetime | None = None) -> None: ...
+
+    async def task(self, task_id: uuid.UUID) -> Task | None: ...
 
 
 async def publish_event(broker: NatsBroker, item: Pending) -> None:
@@ -168,17 +174,34 @@ class OutboxRelay:
                         assert isinstance(created, TaskCreated)
                         await self._send_work(created)
                         woken.add((item.owner, item.flow))
+                    elif (
+                        item.type == "task.retried"
+                        and item.task_state == "queued"
+                        and await self._send_retry(item)
+                    ):
+                        woken.add((item.owner, item.flow))
                 except Unavailable as exc:
                     self.last_error = exc.message
                     break
                 relayed.append(item.seq)
         return relayed, woken
 
-    async def _send_work(self, created: TaskCreated) -> None:
+    async def _send_work(self, created: TaskCreated, base: int = 0) -> None:
         try:
-            await self.dispatcher.send(created, base=0, msg_id=f"work:{created.task_id}:0")
+            await self.dispatcher.send(created, base=base, msg_id=f"work:{created.task_id}:{base}")
         except Unavailable:
             raise
         except FlowyardError as exc:
             # not transient (a stream that cannot be fixed in place): the reconciler retries
             log.error("work for task %s not sent: %s", created.task_id, exc.message)
+
+    async def _send_retry(self, item: Pending) -> bool:
+        """Work for a retried task that still waits for that retry's first attempt."""
+        retried = item.event()
+        assert isinstance(retried, TaskRetried)
+        task = await self.outbox.task(item.task_id)  # raises Unavailable when the db is down
+        base = retried.next_attempt - 1
+        if task is None or task.state is not TaskState.queued or task.attempt != base:
+            return False  # claimed, finished or retried again meanwhile: nothing to send
+        await self._send_work(created_of(task), base=base)
+        return True

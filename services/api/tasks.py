@@ -1,54 +1,75 @@
-"""``/api/tasks``: create (multipart or JSON), list, show, cancel, delete, download, events."""
+"""``/api/tasks``: create (multipart or JSON), list, show, cancel, retry, reprioritize, delete,
+download, events."""
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
-from core.errors import InvalidInput, UploadTooLarge
+from core.errors import InvalidInput, ParamsTooLarge, UnsupportedMediaType
 from core.identity import Principal
+from core.settings import MAX_INPUT_FILES
 from core.task import TaskState
 from services.api.auth import Caller, principal
 from services.api.deps import runtime
-from services.api.schemas import CreateTask, TaskOut, TaskPage
+from services.api.edge import MULTIPART, URLENCODED, check_text, is_json, media_type
+from services.api.edge import parse_json_object as parse_params_text
+from services.api.openapi import CREATE_TASK_BODY, FILE_RESPONSE
+from services.api.schemas import MAX_INT, CreateTask, TaskOut, TaskPage, UpdateTask
 from services.runtime import Runtime
 from services.task_service import NewTask, Upload
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[Depends(principal)])
 Rt = Annotated[Runtime, Depends(runtime)]
 
-MAX_INPUTS = 16
+MAX_INPUTS = MAX_INPUT_FILES
 CHUNK = 1024 * 1024
+_ASCII_INTEGER = re.compile(r"-?[0-9]{1,10}(\.0+)?")  # "-86.0" is an integer, "٣" is not
 
 
-@router.post("", status_code=201, response_model=TaskOut)
+@router.post("", status_code=201, response_model=TaskOut, openapi_extra=CREATE_TASK_BODY)
 async def create_task(request: Request, rt: Rt, caller: Caller) -> TaskOut:
-    """Multipart (``flow``, ``params`` JSON string, ``priority``, files in ``inputs``) or JSON."""
-    _check_length(request, rt.settings.max_upload_bytes)
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
+    """Multipart (``flow``, ``params`` JSON string, ``priority``, files in ``inputs``) or JSON.
+
+    The body's size was bounded as it streamed (``services/api/edge.py``); ``params``
+    is held to ``max_params_bytes`` whichever content type carries it.
+    """
+    media = media_type(request.headers.get("content-type"))
+    limit = rt.settings.max_params_bytes
+    if is_json(media):
         try:
             body = CreateTask.model_validate_json(await request.body())
         except ValidationError as exc:
             raise _invalid(exc) from None
+        _check_params_size(body.params, limit)
         new = NewTask(body.flow, body.params, body.priority, caller.owner_for(body.owner))
         task = await rt.tasks.create(new)
         return TaskOut.of(task)
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        async with request.form(max_files=MAX_INPUTS, max_fields=32) as form:
-            new, files = _parse_form(form, caller)
+    if media in (MULTIPART, URLENCODED):
+        # a text part may hold params with some whitespace; the exact check follows
+        form_limits = {"max_files": MAX_INPUTS, "max_fields": 32, "max_part_size": limit + CHUNK}
+        try:
+            form = await request.form(**form_limits)
+        except HTTPException as exc:  # starlette's form parser refuses with a plain 400
+            raise _form_error(str(exc.detail), limit) from None
+        try:
+            new, files = _parse_form(form, caller, limit)
             rt.tasks.validate(new, len(files))
             uploads = [Upload(f.filename or "", _chunks(f)) for f in files]
             task = await rt.tasks.create(new, uploads)
+        finally:
+            await form.close()
         return TaskOut.of(task)
-    raise InvalidInput(
+    raise UnsupportedMediaType(
         "content-type: send multipart/form-data (with files), a urlencoded form or JSON",
         field="content-type",
     )
@@ -62,7 +83,7 @@ async def list_tasks(
     flow: str | None = None,
     owner: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> TaskPage:
     items = await rt.tasks.list(
         caller, state=state, flow=flow, owner=owner, limit=limit, offset=offset
@@ -91,11 +112,35 @@ async def cancel_task(task_id: uuid.UUID, rt: Rt, caller: Caller) -> TaskOut:
     return TaskOut.of(await rt.tasks.cancel(task_id, caller))
 
 
-@router.get("/{task_id}/outputs/{name}")
+@router.patch("/{task_id}", response_model=TaskOut)
+async def update_task(task_id: uuid.UUID, body: UpdateTask, rt: Rt, caller: Caller) -> TaskOut:
+    """Change a queued task's priority; 409 once it was claimed or finished."""
+    return TaskOut.of(await rt.tasks.set_priority(task_id, caller, body.priority))
+
+
+@router.post("/{task_id}/retry", response_model=TaskOut)
+async def retry_task(task_id: uuid.UUID, rt: Rt, caller: Caller) -> TaskOut:
+    """Queue a failed or cancelled task again as a new attempt; 409 in any other state."""
+    return TaskOut.of(await rt.tasks.retry(task_id, caller))
+
+
+# Files are users' uploads: never sniffed into HTML, never run as a page of this origin.
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+
+
+@router.get("/{task_id}/outputs/{name}", response_class=FileResponse, responses=FILE_RESPONSE)
 async def download_output(task_id: uuid.UUID, name: str, rt: Rt, caller: Caller) -> FileResponse:
     task = await rt.tasks.get(task_id, caller)
     path, ref = rt.files.output_path(task, name)
-    return FileResponse(path, media_type=ref.media_type, filename=ref.name)
+    return FileResponse(path, media_type=ref.media_type, filename=ref.name, headers=FILE_HEADERS)
+
+
+@router.get("/{task_id}/inputs/{name}", response_class=FileResponse, responses=FILE_RESPONSE)
+async def download_input(task_id: uuid.UUID, name: str, rt: Rt, caller: Caller) -> FileResponse:
+    """An input file as uploaded (the web UI previews images)."""
+    task = await rt.tasks.get(task_id, caller)
+    path, ref = rt.files.input_path(task, name)
+    return FileResponse(path, media_type=ref.media_type, filename=ref.name, headers=FILE_HEADERS)
 
 
 @router.get("/{task_id}/events")
@@ -106,40 +151,59 @@ async def task_events(
     return {"items": [e.model_dump(mode="json") for e in events]}
 
 
-def _check_length(request: Request, limit: int) -> None:
-    """Refuse an obviously oversized body before reading it."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit * MAX_INPUTS + CHUNK:
-        raise UploadTooLarge(
-            f"inputs: the request ({declared} bytes) is larger than the upload limit "
-            f"of {limit} bytes per file",
-            field="inputs",
+def _check_params_size(params: dict[str, Any], limit: int) -> None:
+    """The same measure for both content types: params as compact JSON, as stored."""
+    size = len(pydantic_core.to_json(params))
+    if size > limit:
+        raise ParamsTooLarge(
+            f"params: {size} bytes of JSON, more than the limit of {limit} (max_params_bytes)",
+            field="params",
         )
 
 
-def _parse_form(form: FormData, caller: Principal) -> tuple[NewTask, list[UploadFile]]:
-    flow = form.get("flow")
-    if not isinstance(flow, str) or not flow.strip():
+def _form_error(detail: str, limit: int) -> InvalidInput:
+    """Starlette's form-parser refusals, as errors that name the field."""
+    if "maximum size" in detail:
+        return ParamsTooLarge(
+            f"params: a form field is over the limit of {limit} bytes (max_params_bytes)",
+            field="params",
+        )
+    if "files" in detail:
+        return InvalidInput(f"inputs: {detail}", field="inputs")
+    if "boundary" in detail:
+        return InvalidInput(f"content-type: {detail}", field="content-type")
+    return InvalidInput(f"body: {detail}", field="body")
+
+
+def _text_field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name}: must be a text field, not a file", field=name)
+    check_text(value, name)
+    return value
+
+
+def _parse_form(
+    form: FormData, caller: Principal, params_limit: int
+) -> tuple[NewTask, list[UploadFile]]:
+    flow = _text_field(form, "flow")
+    if not flow or not flow.strip():
         raise InvalidInput("flow: required, the name of a flow (see GET /api/flows)", field="flow")
-    raw_params = form.get("params") or "{}"
-    if not isinstance(raw_params, str):
-        raise InvalidInput("params: must be a JSON object in a text field", field="params")
-    try:
-        params = json.loads(raw_params)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"params: not valid JSON ({exc.msg})", field="params") from None
-    if not isinstance(params, dict):
-        raise InvalidInput("params: must be a JSON object", field="params")
-    raw_priority = form.get("priority") or "0"
-    try:
-        priority = int(str(raw_priority))
-    except ValueError:
-        raise InvalidInput(
-            f"priority: must be an integer, got {raw_priority!r}", field="priority"
-        ) from None
+    if len(flow) > 200:
+        raise InvalidInput("flow: at most 200 characters", field="flow")
+    params = parse_params_text(_text_field(form, "params") or "{}", "params")
+    _check_params_size(params, params_limit)
+    raw_priority = (_text_field(form, "priority") or "0").strip()
+    if not _ASCII_INTEGER.fullmatch(raw_priority):  # int() would take "٣" and "1_0"
+        raise InvalidInput(f"priority: must be an integer, got {raw_priority!r}", field="priority")
+    priority = int(raw_priority.partition(".")[0])
     if not -1000 <= priority <= 1000:
         raise InvalidInput("priority: must be between -1000 and 1000", field="priority")
-    owner = form.get("owner")
+    owner = _text_field(form, "owner")
+    if owner is not None and len(owner) > 200:
+        raise InvalidInput("owner: at most 200 characters", field="owner")
     files: list[UploadFile] = []
     for value in form.getlist("inputs"):
         if not isinstance(value, UploadFile):

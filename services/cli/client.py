@@ -35,11 +35,12 @@ from core.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    RequestTooLarge,
     TooManyAttempts,
     Unauthenticated,
     Unavailable,
     UnsafeFileName,
-    UploadTooLarge,
+    UnsupportedMediaType,
 )
 
 DEFAULT_SERVER = "http://127.0.0.1:8288"
@@ -76,7 +77,8 @@ _STATUS_BASES: dict[int, type[FlowyardError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
-    413: UploadTooLarge,
+    413: RequestTooLarge,
+    415: UnsupportedMediaType,
     422: InvalidInput,
     429: TooManyAttempts,
 }
@@ -298,6 +300,15 @@ class ApiClient:
 
     async def delete_task(self, task_id: str) -> None:
         await self._request("DELETE", _task_path(task_id))
+
+    async def retry_task(self, task_id: str) -> dict[str, Any]:
+        """Queue a failed or cancelled task again (a new attempt of the same task)."""
+        return _json(await self._request("POST", f"{_task_path(task_id)}/retry"))
+
+    async def set_priority(self, task_id: str, priority: int) -> dict[str, Any]:
+        """Change a queued task's priority."""
+        body = {"priority": priority}
+        return _json(await self._request("PATCH", _task_path(task_id), json=body))
 
     async def create_task(
         self,

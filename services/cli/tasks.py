@@ -1,4 +1,4 @@
-"""``flowyard tasks``: list, inspect and cancel tasks on the server."""
+"""``flowyard tasks``: list, inspect, cancel, retry and reprioritize tasks on the server."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ from services.cli.output import (
     truncate,
 )
 
-tasks_app = typer.Typer(help="List, inspect and cancel tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="List, inspect, cancel, retry and reprioritize tasks.", no_args_is_help=True
+)
 
 TaskIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The task id (a UUID).")]
 
@@ -139,6 +141,47 @@ def cancel_task(
     console.print(Text.assemble(str(task.get("id", task_id)), " ", state_text(display_state(task))))
 
 
+@tasks_app.command("retry")
+def retry_task(
+    task_id: TaskIdArgument,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
+    """Queue a failed or cancelled task again, as a new attempt that keeps its history."""
+    task_id = parse_task_id(task_id)
+    auth = resolve_auth(server, token, user)
+    task = asyncio.run(_retry(server, auth, task_id))
+    console.print(
+        Text.assemble(
+            str(task.get("id", task_id)),
+            " ",
+            state_text(display_state(task)),
+            f" (next attempt {int(task.get('attempt', 0)) + 1} of {task.get('max_attempts')})",
+        )
+    )
+
+
+@tasks_app.command("priority")
+def set_priority(
+    task_id: TaskIdArgument,
+    priority: Annotated[
+        int,
+        typer.Argument(
+            metavar="N", min=-1000, max=1000, help="-1000..1000; higher is claimed first."
+        ),
+    ],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
+    """Change the priority of a queued task."""
+    task_id = parse_task_id(task_id)
+    auth = resolve_auth(server, token, user)
+    task = asyncio.run(_set_priority(server, auth, task_id, priority))
+    console.print(f"{task.get('id', task_id)} priority {task.get('priority')}")
+
+
 async def _list(
     server: str,
     auth: httpx.Auth | None,
@@ -162,6 +205,18 @@ async def _show(
 async def _cancel(server: str, auth: httpx.Auth | None, task_id: str) -> dict[str, Any]:
     async with ApiClient(server, auth=auth) as api:
         return await api.cancel_task(task_id)
+
+
+async def _retry(server: str, auth: httpx.Auth | None, task_id: str) -> dict[str, Any]:
+    async with ApiClient(server, auth=auth) as api:
+        return await api.retry_task(task_id)
+
+
+async def _set_priority(
+    server: str, auth: httpx.Auth | None, task_id: str, priority: int
+) -> dict[str, Any]:
+    async with ApiClient(server, auth=auth) as api:
+        return await api.set_priority(task_id, priority)
 
 
 def task_panel(task: Mapping[str, Any]) -> Panel:
@@ -227,6 +282,10 @@ def event_details(event: Mapping[str, Any]) -> str:
         return f"{percent(event.get('progress'))} {event.get('message') or ''}".rstrip()
     if kind == "task.requeued":
         return str(event.get("reason", ""))
+    if kind == "task.retried":
+        return f"next attempt {event.get('next_attempt')} of {event.get('max_attempts')}"
+    if kind == "task.reprioritized":
+        return f"priority {event.get('priority')}"
     if kind == "task.done":
         names = ", ".join(str(ref.get("name")) for ref in event.get("outputs") or ())
         text = str(event.get("status", ""))

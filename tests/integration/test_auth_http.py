@@ -360,3 +360,30 @@ def test_wrong_disabled_and_odd_credentials(stack: Stack) -> None:
         assert refused.status_code == 401
         assert admin.delete("/api/users/carol").status_code == 204
         assert admin.get("/api/users/carol").status_code == 404
+
+
+def test_retry_and_priority_are_their_owners(stack: Stack) -> None:
+    """Someone else's task is 404 for retry and priority too; the owner's retry runs again.
+
+    In server mode a retry skips attempt numbers (NATS workers could still hold a
+    leftover work message of the failed attempt): a database worker runs it as 1 + 5.
+    """
+    with stack.client(ALICE) as alice, stack.client(BOB) as bob:
+        body = {"flow": "debug.sleep", "params": {"seconds": 0, "fail": "alice-retry"}}
+        task = alice.post("/api/tasks", json=body).json()
+        assert _finished(alice, task["id"])["state"] == "failed"
+        for method, path, extra in (
+            ("POST", f"/api/tasks/{task['id']}/retry", {}),
+            ("PATCH", f"/api/tasks/{task['id']}", {"json": {"priority": 5}}),
+        ):
+            theirs = bob.request(method, path, **extra)
+            missing = bob.request(method, path.replace(task["id"], NO_SUCH), **extra)
+            assert theirs.status_code == missing.status_code == 404, (method, theirs.text)
+        assert alice.get(f"/api/tasks/{task['id']}").json()["state"] == "failed"
+
+        retried = alice.post(f"/api/tasks/{task['id']}/retry")
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["state"] == "queued"
+        assert retried.json()["attempt"] == 5
+        again = _finished(alice, task["id"])
+        assert (again["state"], again["attempt"], again["error"]) == ("failed", 6, "alice-retry")

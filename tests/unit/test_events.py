@@ -103,5 +103,7 @@ def test_every_type_is_listed() -> None:
         "task.progress",
         "task.cancel_requested",
         "task.requeued",
+        "task.retried",
+        "task.reprioritized",
         "task.done",
     }
