@@ -155,6 +155,7 @@ def test_workers_page_lists_the_database_worker(page: Page, stack: Stack, tmp_pa
         expect(row).to_contain_text("debug.sleep")
         expect(row.get_by_role("link", name=f"debug.sleep {busy['id'][:8]}")).to_be_visible()
         expect(row).to_contain_text("1 of")
+        expect(row.locator("td[data-label='Device']")).to_contain_text("host")
         shot(page, tmp_path, "workers")
     finally:
         with stack.client(ADMIN_AUTH) as admin:

@@ -3,6 +3,20 @@ import { all, api } from "../api.js";
 import { ago, badge, debouncer, emptyState, fill, h, loading, pageHead, shortId, transportName } from "../dom.js";
 import { subscribe } from "../live.js";
 
+const GIB = 1024 ** 3;
+
+// "cuda · NVIDIA H200 · 139 GiB" and the host's memory; "–" for a worker that did not say.
+function device(resources) {
+  if (!resources) return h("span", { class: "muted" }, "–");
+  const parts = [resources.device];
+  if (resources.device_name) parts.push(resources.device_name);
+  if (resources.device_memory_bytes) parts.push(`${(resources.device_memory_bytes / GIB).toFixed(0)} GiB`);
+  const host = resources.host_memory_bytes
+    ? h("span", { class: "sub" }, `host ${(resources.host_memory_bytes / GIB).toFixed(0)} GiB`)
+    : null;
+  return [h("span", {}, parts.join(" · ")), host];
+}
+
 export async function workersPage(ctx) {
   const list = h("div", { "aria-live": "polite" }, loading("Loading workers…"));
   fill(ctx.view,
@@ -37,6 +51,7 @@ export async function workersPage(ctx) {
         h("td", { "data-label": "Transport" }, transportName(w.transport)),
         h("td", { "data-label": "Owner" }, w.owner || h("span", { class: "muted" }, "every user")),
         h("td", { "data-label": "Flows" }, w.flows.map((f) => h("span", { class: "chip" }, f))),
+        h("td", { "data-label": "Device" }, device(w.resources)),
         h("td", { "data-label": "Busy", class: "nowrap" }, `${tasks.length} of ${w.concurrency}`),
         h("td", { "data-label": "Last seen", class: "nowrap" }, h("span", { title: w.last_seen_at }, ago(w.last_seen_at))),
         h("td", { "data-label": "Running" }, tasks.length
@@ -45,7 +60,7 @@ export async function workersPage(ctx) {
       );
     });
     fill(list, h("div", { class: "table-wrap" }, h("table", { class: "cards workers" },
-      h("thead", {}, h("tr", {}, ["Worker", "Status", "Host", "Transport", "Owner", "Flows", "Busy", "Last seen", "Running"].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["Worker", "Status", "Host", "Transport", "Owner", "Flows", "Device", "Busy", "Last seen", "Running"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, rows))));
   }
 
