@@ -39,3 +39,10 @@ def device_resources(device: str) -> dict[str, str | int | None]:
         info["device_name"] = props.name
         info["device_memory_bytes"] = int(props.total_memory)
     return info
+
+
+def cuda_device_count() -> int:
+    """GPUs torch can see (``flowyard worker --gpus all`` starts one worker per device)."""
+    import torch
+
+    return int(torch.cuda.device_count())

@@ -20,14 +20,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from core.errors import ConfigError
+from flows.device import cuda_device_count
 
 log = logging.getLogger(__name__)
-
-
-def cuda_device_count() -> int:
-    import torch
-
-    return int(torch.cuda.device_count())
 
 
 def gpu_list(spec: str, count: Callable[[], int] = cuda_device_count) -> list[str]:
