@@ -50,6 +50,10 @@ def check_url(url: str) -> tuple[str, str, int]:
         raise InvalidInput(f"url: must be http:// or https://, got {url!r}", field="url")
     if not parts.hostname:
         raise InvalidInput(f"url: has no host: {url!r}", field="url")
+    try:  # getaddrinfo raises UnicodeError, not OSError, for a label over 63 characters
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        raise InvalidInput(f"url: not a valid host name ({exc})", field="url") from None
     if parts.username or parts.password:
         raise InvalidInput("url: credentials in the URL are not allowed", field="url")
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)

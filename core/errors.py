@@ -9,7 +9,10 @@ the edge, the HTTP API maps them to status codes in one table
     ├── ConfigError              bad settings, unsupported URL scheme, SQLite in server mode
     ├── InvalidInput             a request field is wrong (carries ``field``)
     │   ├── UnsafeFileName
-    │   ├── UploadTooLarge
+    │   ├── RequestTooLarge      a body, an input file or ``params`` over its limit (HTTP 413)
+    │   │   ├── UploadTooLarge
+    │   │   └── ParamsTooLarge
+    │   ├── UnsupportedMediaType a body whose content type the route cannot read (HTTP 415)
     │   └── WeakPassword
     ├── Unauthenticated          no, wrong, expired or revoked credentials (HTTP 401)
     │   └── TooManyAttempts      failed sign-ins are throttled for this user or address (429)
@@ -22,12 +25,15 @@ the edge, the HTTP API maps them to status codes in one table
     │   ├── UserNotFound
     │   └── TokenNotFound
     ├── Conflict
+    │   ├── DataDirInUse         another ``flowyard serve`` holds this data folder
     │   ├── UserExists
     │   ├── IllegalTransition    an event that the task's state does not allow
     │   ├── StaleAttempt         an event from an attempt that is no longer current (fencing)
     │   └── TaskFinished         cancelling or changing a finished task
     ├── LeaseLost                a worker's claim was taken away (expired, re-claimed, cancelled)
     ├── FlowFailed               a flow raised; the message is shown to the user
+    │   ├── DoNotRetry           a failure retrying cannot fix (never retried, whatever the policy)
+    │   └── FlowTimedOut         the flow ran past its timeout ("timed out after N s")
     ├── FlowCancelled            a flow stopped because cancellation was requested
     ├── SchemaMissing            the database has no (or an old) flowyard schema
     └── Unavailable              a backing service (database, NATS) cannot be reached
@@ -60,8 +66,20 @@ class UnsafeFileName(InvalidInput):
     """The file name is not allowed (path separators, '..' or an absolute path)."""
 
 
-class UploadTooLarge(InvalidInput):
+class RequestTooLarge(InvalidInput):
+    """The request body is larger than the configured limit."""
+
+
+class UploadTooLarge(RequestTooLarge):
     """The upload is larger than the configured limit."""
+
+
+class ParamsTooLarge(RequestTooLarge):
+    """params is larger than the configured limit."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The request body's content type is not one this route reads."""
 
 
 class WeakPassword(InvalidInput):
@@ -116,6 +134,10 @@ class Conflict(FlowyardError):
     """The request conflicts with the current state."""
 
 
+class DataDirInUse(Conflict):
+    """Another flowyard server is running on this data folder."""
+
+
 class UserExists(Conflict):
     """A user with this name exists already."""
 
@@ -138,6 +160,14 @@ class LeaseLost(FlowyardError):
 
 class FlowFailed(FlowyardError):
     """The flow failed."""
+
+
+class DoNotRetry(FlowFailed):
+    """The flow failed in a way another attempt cannot fix."""
+
+
+class FlowTimedOut(FlowFailed):
+    """The flow ran past its timeout."""
 
 
 class FlowCancelled(FlowyardError):

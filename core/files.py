@@ -9,6 +9,10 @@ from core.errors import UnsafeFileName
 
 _ALLOWED = re.compile(r"[^A-Za-z0-9._ -]")
 MAX_NAME = 120
+"""Stored names are cut to this (keeping a short extension)."""
+MAX_SENT_NAME = 255
+"""Longer than any file system allows: such a name is a client bug, refused."""
+MAX_EXTENSION = 16
 
 
 def safe_file_name(raw: str, *, field: str = "inputs") -> str:
@@ -29,12 +33,19 @@ def safe_file_name(raw: str, *, field: str = "inputs") -> str:
         raise UnsafeFileName(
             f"{field}: file name {raw!r} contains a path; send the bare file name", field=field
         )
+    if len(name) > MAX_SENT_NAME:
+        raise UnsafeFileName(
+            f"{field}: file name too long ({len(name)} characters; at most {MAX_SENT_NAME})",
+            field=field,
+        )
     cleaned = _ALLOWED.sub("_", name)
-    if cleaned.startswith("."):
-        cleaned = "_" + cleaned[1:]
     if len(cleaned) > MAX_NAME:
         stem, dot, ext = cleaned.rpartition(".")
-        cleaned = (stem[: MAX_NAME - len(ext) - 1] + dot + ext) if dot else cleaned[:MAX_NAME]
+        keep_ext = bool(dot and stem) and len(ext) <= MAX_EXTENSION
+        cleaned = stem[: MAX_NAME - len(ext) - 1] + dot + ext if keep_ext else cleaned[:MAX_NAME]
+    # after cutting, so that no cut can produce a hidden file
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned[1:]
     return cleaned
 
 

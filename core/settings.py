@@ -1,7 +1,9 @@
 """Settings: defaults < YAML file < ``FLOWYARD_*`` environment < command-line flags.
 
 Only the model and pure helpers live here; reading the YAML file is done by
-``services/config.py``. ``docs/configuration.md`` lists every field.
+``services/config.py``. ``docs/configuration.md`` is generated from this model
+(``flowyard config docs``; a test compares), so every field needs a
+``description``.
 """
 
 from __future__ import annotations
@@ -46,14 +48,31 @@ DATABASE_SCHEMES: dict[str, str] = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWYARD_", extra="forbid")
 
-    mode: Mode = "default"
-    host: str = "127.0.0.1"
-    port: int = Field(default=8288, ge=0, le=65535)
-    data_dir: Path = Path("flowyard-data")
-    database_uri: str | None = None
-    files_dir: Path | None = None
+    mode: Mode = Field(
+        default="default",
+        description="default: all-in-one on SQLite with in-process workers; server: API only, "
+        "on PostgreSQL or MariaDB, flows run in `flowyard worker` processes (SQLite refused)",
+    )
+    host: str = Field(default="127.0.0.1", description="address the HTTP server listens on")
+    port: int = Field(default=8288, ge=0, le=65535, description="HTTP port")
+    data_dir: Path = Field(
+        default=Path("flowyard-data"),
+        description="SQLite database (flowyard.db) and, unless files_dir is set, task files",
+    )
+    database_uri: str | None = Field(
+        default=None,
+        description="sqlite://, postgresql:// (psycopg 3), mysql:// or mariadb:// (asyncmy); "
+        "the async driver is chosen for you (default: SQLite in data_dir)",
+    )
+    files_dir: Path | None = Field(
+        default=None,
+        description="the tasks folder, one folder per task; database workers mount the same "
+        "folder (default: data_dir/files)",
+    )
     workers: int = Field(default=2, ge=0, description="in-process worker slots (default mode)")
-    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="largest input file (HTTP 413 beyond)"
+    )
     max_params_bytes: int = Field(
         default=1024 * 1024, ge=1, description="largest params (as compact JSON), any content type"
     )
@@ -62,21 +81,53 @@ class Settings(BaseSettings):
         ge=1,
         description="largest multipart body (default: 16 inputs at max_upload_bytes, plus params)",
     )
-    lease_seconds: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
-    progress_interval: float = Field(default=0.2, ge=0)
-    poll_interval: float = Field(default=2.0, gt=0, description="longest idle poll (no NOTIFY)")
-    worker_offline_seconds: float = Field(default=60.0, gt=0)
-    grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish flows")
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long a claimed task stays with a silent worker; heartbeats renew it "
+        "every lease/3 (over NATS: the consumers' ack wait)",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="attempts before a task whose worker keeps vanishing fails"
+    )
+    schedule_tolerance_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="how far in the past a task's run_at may lie (clock skew) before the "
+        "create is refused; a run_at within it runs at once",
+    )
+    progress_interval: float = Field(
+        default=0.2,
+        ge=0,
+        description="seconds between two task.progress events of one task (the latest wins)",
+    )
+    poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="longest sleep of an idle worker between polls (backoff from 50 ms; only "
+        "the fallback under PostgreSQL's LISTEN)",
+    )
+    worker_offline_seconds: float = Field(
+        default=60.0, gt=0, description="a worker not seen for this long shows as offline"
+    )
+    grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, how long a worker lets running flows finish before releasing them",
+    )
     batch_limit: int = Field(
         default=0,
         ge=0,
         description="most same-flow tasks a worker runs as one batch (0: each flow's batch_size; "
         "1: never batch)",
     )
-    nats_url: str | None = None
-    nats_user: str | None = None
-    nats_password: str | None = None
+    nats_url: str | None = Field(
+        default=None, description="NATS server for the JetStream transport (docs/nats.md)"
+    )
+    nats_user: str | None = Field(default=None, description="NATS user (server or worker)")
+    nats_password: str | None = Field(
+        default=None, description="NATS password of nats_user (prefer the environment)"
+    )
     nats_creds: Path | None = Field(default=None, description="NATS credentials file (JWT+nkey)")
     events_max_age_hours: float = Field(
         default=24.0 * 30, gt=0, description="FLOWYARD_EVENTS keeps events this long"
@@ -84,8 +135,13 @@ class Settings(BaseSettings):
     events_max_bytes: int = Field(
         default=-1, ge=-1, description="FLOWYARD_EVENTS size limit in bytes (-1: none)"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    public_url: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="auto (CUDA when torch sees it), cpu, or cuda (refused when absent)",
+    )
+    public_url: str | None = Field(
+        default=None, description="base URL for absolute download links (webhooks)"
+    )
     default_owner: str = Field(
         default="admin", description="the local admin that owns everything when auth is off"
     )

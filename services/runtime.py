@@ -113,6 +113,7 @@ class Runtime:
             # server mode may have NATS workers: a leftover work message of an earlier
             # attempt gets at most max_attempts deliveries; a retry skips past all of them
             retry_skip=settings.max_attempts + 1 if settings.mode == "server" else 0,
+            schedule_tolerance=settings.schedule_tolerance_seconds,
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.files.local import LocalFileStore
@@ -31,12 +32,18 @@ from core.events import (
     TaskCreated,
     TaskDone,
     TaskReprioritized,
+    utcnow,
 )
 from core.files import safe_file_name
 from core.flow import Flow
 from core.identity import Principal
 from core.task import RETRYABLE, Task, TaskState, retry_event
 from flows.registry import FlowRegistry
+
+MAX_ATTEMPTS = 100
+"""The most attempts one task may ask for."""
+MAX_DELAY_SECONDS = 366 * 24 * 3600
+"""The furthest a task may be scheduled: about a year."""
 
 
 @dataclass
@@ -51,6 +58,10 @@ class NewTask:
     params: dict[str, Any]
     priority: int = 0
     owner: str = "admin"
+    max_attempts: int | None = None
+    """None: the flow's ``max_attempts``, else the server's setting."""
+    run_at: datetime | None = None
+    delay_seconds: float | None = None
 
 
 class TaskService:
@@ -63,14 +74,17 @@ class TaskService:
         max_upload_bytes: int,
         max_attempts: int,
         retry_skip: int = 0,
+        schedule_tolerance: float = 60.0,
     ) -> None:
-        """``retry_skip``: attempt numbers a retry leaves out (see ``core.task.retry_event``)."""
+        """``retry_skip``: attempt numbers a retry leaves out (see ``core.task.retry_event``);
+        ``schedule_tolerance``: seconds a ``run_at`` may lie in the past (clock skew)."""
         self.store = store
         self.files = files
         self.flows = flows
         self.max_upload_bytes = max_upload_bytes
         self.max_attempts = max_attempts
         self.retry_skip = retry_skip
+        self.schedule_tolerance = schedule_tolerance
 
     def flow(self, name: str) -> type[Flow]:
         try:
@@ -82,6 +96,11 @@ class TaskService:
         """Everything that can be checked before a byte is written."""
         flow_cls = self.flow(request.flow)
         flow_cls.parse_params(request.params)
+        self.not_before(request)
+        if request.max_attempts is not None and not 1 <= request.max_attempts <= MAX_ATTEMPTS:
+            raise InvalidInput(
+                f"max_attempts: must be between 1 and {MAX_ATTEMPTS}", field="max_attempts"
+            )
         required = [spec for spec in flow_cls.inputs if spec.required]
         if upload_count < len(required):
             names = ", ".join(spec.name for spec in required)
@@ -97,6 +116,37 @@ class TaskService:
                 field="inputs",
             )
         return flow_cls
+
+    def not_before(self, request: NewTask, now: datetime | None = None) -> datetime | None:
+        """When a scheduled task becomes claimable; None: at once (also for a run_at just past)."""
+        now = now or utcnow()
+        if request.run_at is not None and request.delay_seconds is not None:
+            raise InvalidInput("run_at: give run_at or delay_seconds, not both", field="run_at")
+        if request.delay_seconds is not None:
+            if not 0 <= request.delay_seconds <= MAX_DELAY_SECONDS:
+                raise InvalidInput(
+                    f"delay_seconds: must be between 0 and {MAX_DELAY_SECONDS}",
+                    field="delay_seconds",
+                )
+            at = now + timedelta(seconds=request.delay_seconds)
+        elif request.run_at is not None:
+            at = request.run_at
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            if at < now - timedelta(seconds=self.schedule_tolerance):
+                raise InvalidInput(
+                    f"run_at: {at.isoformat()} is in the past (more than "
+                    f"{self.schedule_tolerance:g}s ago; schedule_tolerance_seconds)",
+                    field="run_at",
+                )
+            if at > now + timedelta(seconds=MAX_DELAY_SECONDS):
+                raise InvalidInput("run_at: at most a year from now", field="run_at")
+        else:
+            return None
+        return at if at > now else None
+
+    def attempts_for(self, request: NewTask, flow_cls: type[Flow]) -> int:
+        return request.max_attempts or flow_cls.max_attempts or self.max_attempts
 
     async def create(self, request: NewTask, uploads: Sequence[Upload] = ()) -> Task:
         flow_cls = self.validate(request, len(uploads))
@@ -123,7 +173,8 @@ class TaskService:
                 params=params,
                 inputs=tuple(refs),
                 priority=request.priority,
-                max_attempts=self.max_attempts,
+                max_attempts=self.attempts_for(request, flow_cls),
+                not_before=self.not_before(request),
             )
             if not refs:
                 # workers on the shared folder expect every task to have one

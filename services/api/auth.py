@@ -77,6 +77,8 @@ def parse_basic(value: str) -> tuple[str, str]:
     name, sep, password = decoded.partition(":")
     if not sep or not name:
         raise Unauthenticated("Authorization: Basic credentials must be 'name:password'")
+    if "\x00" in decoded:  # PostgreSQL refuses NUL in text: no such user can exist
+        raise Unauthenticated("Authorization: Basic credentials must not contain NUL")
     return name, password
 
 

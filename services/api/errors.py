@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 from core.errors import (
     ConfigError,
@@ -16,12 +20,14 @@ from core.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    RequestTooLarge,
     SchemaMissing,
     TooManyAttempts,
     Unauthenticated,
     Unavailable,
-    UploadTooLarge,
+    UnsupportedMediaType,
 )
+from services.api.schemas import Error
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,8 @@ STATUS: tuple[tuple[type[FlowyardError], int], ...] = (
     (TooManyAttempts, 429),
     (Unauthenticated, 401),
     (Forbidden, 403),
-    (UploadTooLarge, 413),
+    (RequestTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (InvalidInput, 422),
     (NotFound, 404),
     (Conflict, 409),
@@ -37,6 +44,24 @@ STATUS: tuple[tuple[type[FlowyardError], int], ...] = (
     (SchemaMissing, 503),
     (ConfigError, 500),
 )
+
+
+WHEN: dict[int, str] = {
+    401: "No, wrong, expired or revoked credentials",
+    403: "Signed in, but the role (or a missing CSRF token) does not allow it",
+    404: "No such object, or someone else's",
+    409: "The object's state does not allow it",
+    413: "The body, an input file or params is over its limit",
+    415: "The body's content type is not one this route reads",
+    422: "A field is invalid; `field` names it",
+    429: "Too many failed sign-ins; see Retry-After",
+    503: "The database (or NATS) is unreachable",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the ``Error`` body."""
+    return {status: {"model": Error, "description": WHEN[status]} for status in statuses}
 
 
 def status_for(exc: FlowyardError) -> int:
@@ -78,5 +103,29 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(message, "InvalidInput", field), 422)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail), "HTTPError"), exc.status_code)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request) or headers.get("Allow", "")
+        return JSONResponse(error_body(str(exc.detail), "HTTPError"), exc.status_code, headers)
+
+
+def _allowed(request: Request) -> str | None:
+    """Every method of the path (RFC 9110), from the OpenAPI document.
+
+    Starlette names only the methods of the first route that matched the path, and
+    FastAPI has one route per method.
+    """
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    for template, operations in paths.items():
+        if _path_regex(template).match(request.url.path):
+            methods = {m.upper() for m in operations}
+            if "GET" in methods:
+                methods.add("HEAD")  # Starlette answers HEAD for every GET route
+            return ", ".join(sorted(methods))
+    return None
+
+
+@functools.cache
+def _path_regex(template: str) -> re.Pattern[str]:
+    return compile_path(template)[0]

@@ -14,13 +14,14 @@ from core.events import Event
 from core.identity import Principal
 from services.api.auth import Caller, principal
 from services.api.deps import runtime
+from services.api.openapi import EVENT_STREAM_RESPONSE
 from services.runtime import Runtime
 
 router = APIRouter(prefix="/api/events", tags=["events"], dependencies=[Depends(principal)])
 KEEPALIVE_SECONDS = 15.0
 
 
-@router.get("/stream")
+@router.get("/stream", response_class=StreamingResponse, responses=EVENT_STREAM_RESPONSE)
 async def stream(
     rt: Annotated[Runtime, Depends(runtime)], caller: Caller, task: uuid.UUID | None = None
 ) -> StreamingResponse:
@@ -42,6 +43,8 @@ async def _sse(rt: Runtime, task_id: uuid.UUID | None, caller: Principal) -> Asy
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
+            if event is None:  # the server is stopping: end the response, cleanly
+                return
             if (task_id is None or event.task_id == task_id) and caller.sees(event.owner):
                 yield format_sse(event)
 

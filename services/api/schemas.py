@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+from pydantic_core import PydanticCustomError
 
 from core.events import FileRef
 from core.task import Task, TaskState
@@ -49,6 +50,9 @@ class TaskOut(BaseModel):
     finished_at: datetime | None
     cancelled_at: datetime | None
     updated_at: datetime
+    not_before: datetime | None = Field(
+        default=None, description="queued but not claimed before this time (run_at, backoff)"
+    )
 
     @classmethod
     def of(cls, task: Task) -> TaskOut:
@@ -85,7 +89,9 @@ class TaskPage(BaseModel):
 
 def _no_bool_or_text(value: Any) -> Any:
     if isinstance(value, bool | str | bytes):
-        raise ValueError("Input should be a valid integer (a JSON number, not text or a boolean)")
+        raise PydanticCustomError(
+            "int_type", "Input should be a valid integer (a JSON number, not text or a boolean)"
+        )
     return value
 
 
@@ -95,6 +101,18 @@ Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
 
 MAX_INT = 2**31 - 1
 """Upper bound of every integer query or path value: past 2^63 the database driver fails."""
+
+
+def _iso_time(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "datetime_type", "Input should be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
+        )
+    return value
+
+
+AwareTime = Annotated[datetime, BeforeValidator(_iso_time)]
+"""A time as an ISO 8601 string only (no epoch numbers); without a zone it is UTC."""
 
 
 class Error(BaseModel):
@@ -115,6 +133,15 @@ class CreateTask(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Integer = Field(default=0, ge=-1000, le=1000)
     owner: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    max_attempts: Integer | None = Field(
+        default=None, ge=1, le=100, description="attempts (None: the flow's, else the server's)"
+    )
+    run_at: AwareTime | None = Field(
+        default=None, description="ISO 8601 time before which the task is not claimed"
+    )
+    delay_seconds: float | None = Field(
+        default=None, ge=0, le=366 * 24 * 3600, description="run_at as seconds from now"
+    )
 
 
 class UpdateTask(BaseModel):

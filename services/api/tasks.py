@@ -3,9 +3,11 @@ download, events."""
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 import pydantic_core
@@ -51,7 +53,15 @@ async def create_task(request: Request, rt: Rt, caller: Caller) -> TaskOut:
         except ValidationError as exc:
             raise _invalid(exc) from None
         _check_params_size(body.params, limit)
-        new = NewTask(body.flow, body.params, body.priority, caller.owner_for(body.owner))
+        new = NewTask(
+            body.flow,
+            body.params,
+            body.priority,
+            caller.owner_for(body.owner),
+            max_attempts=body.max_attempts,
+            run_at=body.run_at,
+            delay_seconds=body.delay_seconds,
+        )
         task = await rt.tasks.create(new)
         return TaskOut.of(task)
     if media in (MULTIPART, URLENCODED):
@@ -214,8 +224,49 @@ def _parse_form(
         params,
         priority,
         caller.owner_for(owner if isinstance(owner, str) and owner else None),
+        max_attempts=_form_int(form, "max_attempts", 1, 100),
+        run_at=_form_time(form, "run_at"),
+        delay_seconds=_form_float(form, "delay_seconds"),
     )
     return new, files
+
+
+def _form_int(form: FormData, name: str, low: int, high: int) -> int | None:
+    raw = _text_field(form, name)
+    if raw is None or not raw.strip():
+        return None
+    if not _ASCII_INTEGER.fullmatch(raw.strip()):
+        raise InvalidInput(f"{name}: must be an integer, got {raw!r}", field=name)
+    value = int(raw.strip().partition(".")[0])
+    if not low <= value <= high:
+        raise InvalidInput(f"{name}: must be between {low} and {high}", field=name)
+    return value
+
+
+def _form_float(form: FormData, name: str) -> float | None:
+    raw = _text_field(form, name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name}: must be a number, got {raw!r}", field=name) from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInput(f"{name}: must be a number of seconds, 0 or more", field=name)
+    return value
+
+
+def _form_time(form: FormData, name: str) -> datetime | None:
+    raw = _text_field(form, name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"{name}: must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z, got {raw!r}",
+            field=name,
+        ) from None
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Depends, Path, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from adapters.sql.user_store import SqlUserStore
 from core.errors import Unauthenticated
 from core.events import utcnow
-from core.identity import ApiToken, Role, User, check_user_name
+from core.identity import MIN_PASSWORD_LENGTH, USER_NAME, ApiToken, Role, User, check_user_name
 from services.api.auth import (
     SESSION_COOKIE,
     Admin,
@@ -23,11 +23,18 @@ from services.api.auth import (
     client_address,
     principal,
 )
+from services.api.errors import documented
 from services.auth_service import Authenticator, csrf_token
 
 public = APIRouter(prefix="/api", tags=["users"])
 router = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(principal)])
 Auth = Annotated[Authenticator, Depends(authenticator)]
+
+# Documented for clients and fuzzers; check_user_name and check_password enforce them with
+# their own messages (so the schema says only what the server would refuse anyway).
+NAME_SCHEMA = {"pattern": f"^{USER_NAME.pattern}$"}
+PASSWORD_SCHEMA = {"minLength": MIN_PASSWORD_LENGTH}
+UserName = Annotated[str, Path(json_schema_extra=NAME_SCHEMA)]
 
 
 class UserOut(BaseModel):
@@ -67,24 +74,26 @@ class Login(BaseModel):
 class CreateUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    name: str = Field(min_length=1, max_length=64, json_schema_extra=NAME_SCHEMA)
+    password: str = Field(min_length=1, max_length=1024, json_schema_extra=PASSWORD_SCHEMA)
     role: Role = Role.user
 
 
 class UpdateUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    disabled: bool | None = None
+    disabled: StrictBool | None = None
     role: Role | None = None
-    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    password: str | None = Field(
+        default=None, min_length=1, max_length=1024, json_schema_extra=PASSWORD_SCHEMA
+    )
 
 
 class CreateToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="api token", min_length=1, max_length=200)
-    expires_days: float | None = Field(default=None, gt=0, le=3650)
+    expires_days: StrictFloat | None = Field(default=None, gt=0, le=3650)
 
 
 class TokenOut(BaseModel):
@@ -120,7 +129,7 @@ def _users(auth: Authenticator) -> SqlUserStore:
 # -- sign-in (public: the credentials are the request) ----------------------
 
 
-@public.post("/login", response_model=MeOut)
+@public.post("/login", response_model=MeOut, responses=documented(401, 429))
 async def login(
     request: Request,
     response: Response,
@@ -173,7 +182,8 @@ async def my_tokens(caller: Caller, auth: Auth) -> dict[str, list[TokenOut]]:
     return {"items": [TokenOut.of(t) for t in await _users(auth).tokens(caller.name)]}
 
 
-@router.post("/me/tokens", status_code=201, response_model=TokenCreated)
+# 404: with authentication off the caller is the local admin, who need not be a user row
+@router.post("/me/tokens", status_code=201, response_model=TokenCreated, responses=documented(404))
 async def create_my_token(body: CreateToken, caller: Caller, auth: Auth) -> TokenCreated:
     return await _create_token(auth, caller.name, body)
 
@@ -192,18 +202,18 @@ async def list_users(_: Admin, auth: Auth) -> dict[str, list[UserOut]]:
     return {"items": [UserOut.of(u) for u in await _users(auth).list()]}
 
 
-@router.post("/users", status_code=201, response_model=UserOut)
+@router.post("/users", status_code=201, response_model=UserOut, responses=documented(409))
 async def create_user(body: CreateUser, _: Admin, auth: Auth) -> UserOut:
     return UserOut.of(await _users(auth).create(body.name, body.password, body.role))
 
 
 @router.get("/users/{name}", response_model=UserOut)
-async def get_user(name: str, _: Admin, auth: Auth) -> UserOut:
+async def get_user(name: UserName, _: Admin, auth: Auth) -> UserOut:
     return UserOut.of(await _users(auth).get(check_user_name(name)))
 
 
 @router.patch("/users/{name}", response_model=UserOut)
-async def update_user(name: str, body: UpdateUser, _: Admin, auth: Auth) -> UserOut:
+async def update_user(name: UserName, body: UpdateUser, _: Admin, auth: Auth) -> UserOut:
     users = _users(auth)
     check_user_name(name)
     if body.password is not None:
@@ -216,25 +226,27 @@ async def update_user(name: str, body: UpdateUser, _: Admin, auth: Auth) -> User
 
 
 @router.delete("/users/{name}", status_code=204)
-async def remove_user(name: str, _: Admin, auth: Auth) -> Response:
+async def remove_user(name: UserName, _: Admin, auth: Auth) -> Response:
     await _users(auth).remove(check_user_name(name))
     return Response(status_code=204)
 
 
 @router.get("/users/{name}/tokens")
-async def user_tokens(name: str, _: Admin, auth: Auth) -> dict[str, list[TokenOut]]:
+async def user_tokens(name: UserName, _: Admin, auth: Auth) -> dict[str, list[TokenOut]]:
     users = _users(auth)
     await users.get(check_user_name(name))
     return {"items": [TokenOut.of(t) for t in await users.tokens(name)]}
 
 
 @router.post("/users/{name}/tokens", status_code=201, response_model=TokenCreated)
-async def create_user_token(name: str, body: CreateToken, _: Admin, auth: Auth) -> TokenCreated:
+async def create_user_token(
+    name: UserName, body: CreateToken, _: Admin, auth: Auth
+) -> TokenCreated:
     return await _create_token(auth, check_user_name(name), body)
 
 
 @router.delete("/users/{name}/tokens/{token_id}", status_code=204)
-async def revoke_user_token(name: str, token_id: str, _: Admin, auth: Auth) -> Response:
+async def revoke_user_token(name: UserName, token_id: str, _: Admin, auth: Auth) -> Response:
     await _users(auth).revoke_token(token_id, user=check_user_name(name))
     return Response(status_code=204)
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.sql.webhook_store import AttemptRecord, Delivery
+from core.events import EVENT_TYPES
 from core.webhook import DeliveryStatus, Subscription
 from services.api.auth import Caller, principal
 from services.api.deps import runtime
@@ -23,12 +24,25 @@ router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], dependencies=[Depe
 Rt = Annotated[Runtime, Depends(runtime)]
 
 
+# check_event_types names a bad type with the valid ones; the schema lists them for clients
+EventName = Annotated[str, Field(json_schema_extra={"enum": list(EVENT_TYPES)})]
+FlowName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
+
+
 class CreateWebhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=2000)
-    events: list[str] | None = Field(default=None, description="default: task.done")
-    flows: list[str] | None = Field(default=None, description="default: every flow")
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="http(s); its host must resolve to public addresses (docs/webhooks.md)",
+        # documented only: check_url refuses the rest with a message that says why
+        json_schema_extra={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+"},
+    )
+    events: list[EventName] | None = Field(default=None, description="default: task.done")
+    flows: list[FlowName] | None = Field(
+        default=None, min_length=1, description="default: every flow"
+    )
     secret: str | None = Field(default=None, description="whsec_<base64>; generated if absent")
     owner: str | None = Field(
         default=None,

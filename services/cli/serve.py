@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,29 @@ from services.config import load_settings
 from services.runtime import Runtime
 
 log = logging.getLogger("flowyard")
+
+GRACEFUL_HTTP_SECONDS = 3
+"""On SIGTERM, how long requests still in flight (an upload, a download) may take.
+
+Live event streams end at once (``FlowyardServer.shutdown``); flows get their own
+grace period afterwards, in the runtime's close, not here.
+"""
+
+
+class FlowyardServer(uvicorn.Server):
+    """uvicorn waits for open responses *before* the app's shutdown runs, so a live
+    event stream would hold the server until ``timeout_graceful_shutdown`` and then be
+    cancelled with a traceback. Ending the streams when shutdown begins lets it stop
+    at once and cleanly.
+    """
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.runtime.hub.close()
+        await super().shutdown(sockets)
 
 
 def serve_command(
@@ -54,10 +78,19 @@ def serve_command(
     nats_creds: Annotated[
         Path | None, typer.Option("--nats-creds", help="NATS credentials file.")
     ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any setting (docs/configuration.md), e.g. --set max_attempts=5; repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API and web UI; in default mode also run flows, on SQLite."""
     settings = load_settings(
         config,
+        assignments=assignments or [],
         host=host,
         port=port,
         data_dir=data_dir,
@@ -74,7 +107,8 @@ def serve_command(
     settings.check_mode()
     if settings.nats_url and settings.mode != "server":
         raise ConfigError("--nats needs --mode server (NATS workers serve a server's database)")
-    configure_logging()
+    check_tls(settings)
+    configure_logging(settings)
     asyncio.run(serve(settings))
 
 
@@ -86,10 +120,31 @@ def _mode(value: str | None) -> Mode | None:
     return value  # type: ignore[return-value]
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+def configure_logging(settings: Settings | None = None) -> None:
+    """The settings' log level, format and file (defaults before settings are loaded)."""
+    from services import logs
+
+    if settings is None:
+        logs.configure_logging()
+    else:
+        logs.configure_logging(settings.log_level, settings.log_format, settings.log_file)
+
+
+def check_tls(settings: Settings) -> None:
+    """Load the certificate and key now: a bad file is one line, not uvicorn's traceback."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert_file, settings.tls_key_file
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"setting tls_cert_file/tls_key_file: cannot load {settings.tls_cert_file} with "
+            f"{settings.tls_key_file}: {exc.strerror or exc}"
+        ) from None
 
 
 async def serve(settings: Settings) -> None:
@@ -100,14 +155,20 @@ async def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        log_config=None,  # our handlers and format (services/logs.py), JSON included
+        timeout_graceful_shutdown=GRACEFUL_HTTP_SECONDS,
         lifespan="on",
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+        proxy_headers=settings.proxy_headers,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    server = uvicorn.Server(config)
+    server = FlowyardServer(config, runtime)
     where = settings.db_uri if settings.mode == "server" else f"SQLite in {settings.data_dir}"
     log.info(
-        "flowyard %s mode on http://%s:%d (%s, files in %s, %d in-process workers)",
+        "flowyard %s mode on %s://%s:%d (%s, files in %s, %d in-process workers)",
         settings.mode,
+        "https" if settings.tls_enabled else "http",
         settings.host,
         settings.port,
         where.split("@")[-1],

@@ -272,7 +272,7 @@ def test_bad_multipart_requests(client: httpx.Client, server: ServeProcess, phot
         ),
         (
             client.post("/api/tasks", content=b"flow=x", headers={"content-type": "text/plain"}),
-            422,
+            415,
             "content-type",
             "multipart",
         ),

@@ -29,10 +29,13 @@ from core.errors import (
     InvalidInput,
     NotFound,
     OutputNotFound,
+    ParamsTooLarge,
+    RequestTooLarge,
     TaskFinished,
     TaskNotFound,
     Unavailable,
     UnsafeFileName,
+    UnsupportedMediaType,
     UploadTooLarge,
 )
 from services.cli import run as run_module
@@ -256,7 +259,10 @@ def _error(status: int, **body: Any) -> Callable[[httpx.Request], httpx.Response
         (409, {"detail": "already done", "type": "TaskFinished"}, TaskFinished),
         (409, {"detail": "busy"}, Conflict),
         (400, {"detail": "bad name", "type": "UnsafeFileName"}, UnsafeFileName),
-        (413, {"detail": "too big"}, UploadTooLarge),
+        (413, {"detail": "too big"}, RequestTooLarge),
+        (413, {"detail": "file too big", "type": "UploadTooLarge"}, UploadTooLarge),
+        (413, {"detail": "params too big", "type": "ParamsTooLarge"}, ParamsTooLarge),
+        (415, {"detail": "not JSON", "type": "UnsupportedMediaType"}, UnsupportedMediaType),
     ],
 )
 async def test_error_status_maps_to_core_error(
