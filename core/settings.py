@@ -90,6 +90,21 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=3, ge=1, description="attempts before a task whose worker keeps vanishing fails"
     )
+    max_batch_tasks: int = Field(
+        default=100,
+        ge=1,
+        description="most tasks one POST /api/tasks/batch may create (all or none)",
+    )
+    idempotency_window_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="how long an Idempotency-Key returns the task it first created",
+    )
+    max_wait_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="longest ?wait= of POST /api/tasks (create and wait for the result)",
+    )
     schedule_tolerance_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -25,6 +25,11 @@ class SleepParams(BaseModel):
     fail: str | None = Field(
         default=None, description="When set, fail with this message after the wait."
     )
+    transient: str | None = Field(
+        default=None,
+        description="When set, fail with this message after the wait, as an error the "
+        "flow's retry policy retries (with a short backoff) while attempts are left.",
+    )
 
 
 def sleep_unless_cancelled(ctx: FlowContext, seconds: float) -> None:
@@ -35,11 +40,18 @@ def sleep_unless_cancelled(ctx: FlowContext, seconds: float) -> None:
         time.sleep(min(remaining, SLICE_SECONDS))
 
 
+class TransientFailure(FlowFailed):
+    """A failure that another attempt may not meet (the ``transient`` param)."""
+
+
 class Sleep(Flow):
     name = "debug.sleep"
     version = "1"
     description = "Wait in steps, reporting progress; optionally fail. Touches no files."
     Params = SleepParams
+    retry_on = (TransientFailure,)
+    retry_backoff = 0.2
+    retry_backoff_max = 2.0
 
     def run(self, ctx: FlowContext, params: SleepParams) -> None:
         step_seconds = params.seconds / params.steps
@@ -50,3 +62,5 @@ class Sleep(Flow):
             ctx.progress((i + 1) / params.steps, f"step {i + 1}/{params.steps}")
         if params.fail is not None:
             raise FlowFailed(params.fail)
+        if params.transient is not None:
+            raise TransientFailure(params.transient)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.errors import InvalidInput
 from core.ports import AttemptFiles
+from flows.device import detect_device
 
 
 class RunContext:
@@ -29,7 +30,10 @@ class RunContext:
 
     @property
     def device(self) -> str:
-        return self._device
+        """``auto`` is resolved here, on first use in the flow's thread: asking torch about
+        CUDA imports it, and a server whose flows never touch a device (or that is at
+        rest) should not carry torch."""
+        return detect_device(self._device)
 
     @property
     def scratch(self) -> Path:

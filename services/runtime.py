@@ -114,6 +114,7 @@ class Runtime:
             # attempt gets at most max_attempts deliveries; a retry skips past all of them
             retry_skip=settings.max_attempts + 1 if settings.mode == "server" else 0,
             schedule_tolerance=settings.schedule_tolerance_seconds,
+            idempotency_window=settings.idempotency_window_hours * 3600,
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)

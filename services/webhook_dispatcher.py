@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import httpx
@@ -72,6 +72,8 @@ class WebhookDispatcher:
         self._in_flight: dict[uuid.UUID, set[asyncio.Task[None]]] = {}
         self._rotation = 0
         self._swept_at = 0.0
+        self.on_attempt: Callable[[str], None] = _ignore
+        """Told each attempt's outcome (``delivered``, ``retry``, ``gone``): the metrics."""
 
     def on_commit(self, events: Sequence[Event]) -> None:
         """Commit listener: wake up when a committed event matches a subscription."""
@@ -149,6 +151,7 @@ class WebhookDispatcher:
                 outcome=result or Outcome.retry,
                 policy=self.policy,
             )
+            self.on_attempt(str(result or Outcome.retry))
             if recorded.disabled_reason is not None:
                 log.warning("webhook %s disabled: %s", sub.id, recorded.disabled_reason)
                 self.recorder.invalidate()
@@ -211,3 +214,7 @@ class WebhookDispatcher:
         if jobs:
             await asyncio.gather(*jobs, return_exceptions=True)
         self._in_flight.clear()
+
+
+def _ignore(outcome: str) -> None:
+    """The default ``on_attempt``: nobody counts."""

@@ -2,35 +2,151 @@
 
 Exit codes: 0 ok, 1 an error the user can act on (printed as one ``error:`` line),
 2 a usage error, 130 interrupted. Expected failures never show a traceback.
+
+Start-up time matters (``flowyard --help`` under 0.3 s, ``tasks list`` under
+0.5 s): this module imports only typer. Each command's module, and with it
+httpx, SQLAlchemy, FastAPI or torch, is imported when that command runs; the
+help listing is drawn from ``COMMANDS``, whose help lines a test keeps equal to
+the commands' own. ``bench/cli_startup.py`` measures it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 import typer
-from typer import rich_utils
-from typer.core import TyperGroup
+from typer import _click
+from typer.core import TyperCommand, TyperGroup
 
 from core.errors import FlowyardError
-from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
-from services.cli.events import events_app
-from services.cli.flows import flows_app
-from services.cli.login import login_command, logout_command
-from services.cli.output import print_error
-from services.cli.run import run_command
-from services.cli.tasks import tasks_app
-from services.cli.webhooks import webhooks_app
+
+if TYPE_CHECKING:
+    import httpx
 
 HELP = "Run torch flows as tasks on a flowyard server, and follow them."
 
 
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command known by name and help line; its module is imported only to run it."""
+
+    module: str
+    attr: str
+    help: str
+    server: bool = False
+    """Server-side (database, API, workers): left out by ``build_app(include_server=False)``."""
+
+    def load(self, name: str) -> _click.Command:
+        obj = getattr(importlib.import_module(self.module), self.attr)
+        if isinstance(obj, typer.Typer):
+            command: _click.Command = typer.main.get_group(obj)
+        else:
+            single = typer.Typer()
+            single.command(name)(obj)
+            command = typer.main.get_group(single).commands[name]
+        command.name = name
+        return command
+
+
+COMMANDS: dict[str, LazyCommand] = {
+    "run": LazyCommand(
+        "services.cli.run",
+        "run_command",
+        "Submit a task to a flow; with --wait follow it and download its outputs.",
+    ),
+    "login": LazyCommand(
+        "services.cli.login",
+        "login_command",
+        "Sign in with a password and save an API token for the server (the password is not kept).",
+    ),
+    "logout": LazyCommand(
+        "services.cli.login",
+        "logout_command",
+        "Revoke the saved token on the server and forget it here.",
+    ),
+    "serve": LazyCommand(
+        "services.cli.serve",
+        "serve_command",
+        "Serve the HTTP API and web UI; in default mode also run flows, on SQLite.",
+        server=True,
+    ),
+    "worker": LazyCommand(
+        "services.cli.worker",
+        "worker_command",
+        "Claim tasks of the installed flows and run them until SIGTERM.",
+        server=True,
+    ),
+    "asyncapi": LazyCommand(
+        "services.cli.asyncapi",
+        "asyncapi_command",
+        "Print the AsyncAPI 3 description of the NATS subjects (YAML); docs/asyncapi.yaml is one.",
+        server=True,
+    ),
+    "flows": LazyCommand("services.cli.flows", "flows_app", "Flows the server can run."),
+    "tasks": LazyCommand(
+        "services.cli.tasks",
+        "tasks_app",
+        "List, inspect, cancel, retry and reprioritize tasks.",
+    ),
+    "webhooks": LazyCommand(
+        "services.cli.webhooks",
+        "webhooks_app",
+        "Send events to URLs (signed, retried): add, list, remove, deliveries.",
+    ),
+    "events": LazyCommand(
+        "services.cli.events",
+        "events_app",
+        "Follow live events, or replay the event log (admin).",
+    ),
+    "db": LazyCommand("services.cli.db", "db_app", "Database schema commands.", server=True),
+    "nats": LazyCommand(
+        "services.cli.nats",
+        "nats_app",
+        "NATS commands: nats-server's users and permissions.",
+        server=True,
+    ),
+    "users": LazyCommand(
+        "services.cli.users",
+        "users_app",
+        "Manage users and their API tokens (works on the database directly).",
+        server=True,
+    ),
+    "config": LazyCommand(
+        "services.cli.config",
+        "config_app",
+        "Write a commented settings file, show the effective settings, or document them.",
+        server=True,
+    ),
+}
+
+
+class _Placeholder(TyperCommand):
+    """Stands for a lazy command in listings (help, completion) without importing it."""
+
+    def __init__(self, name: str, spec: LazyCommand) -> None:
+        super().__init__(name, help=spec.help)
+        self.spec = spec
+
+
+def expected_error(exc: BaseException) -> bool:
+    """A FlowyardError, or httpx's transport errors (looked up only if httpx was loaded)."""
+    if isinstance(exc, FlowyardError):
+        return True
+    httpx_module = sys.modules.get("httpx")
+    return httpx_module is not None and isinstance(exc, httpx_module.TransportError)
+
+
 def report_error(exc: FlowyardError | httpx.TransportError) -> int:
     """Print the one line for an expected failure; return its exit code."""
+    import httpx
+
+    from services.cli.output import print_error
+
     if isinstance(exc, FlowyardError):
         print_error(exc.message)
     elif isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
@@ -44,6 +160,8 @@ def report_error(exc: FlowyardError | httpx.TransportError) -> int:
 
 
 def _server_of(exc: httpx.TransportError) -> str:
+    from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
+
     try:
         url = exc.request.url
     except RuntimeError:  # raised before a request existed
@@ -55,52 +173,51 @@ class FlowyardGroup(TyperGroup):
     """Turns expected errors into one line and an exit code inside the app itself.
 
     Doing it here rather than only in ``main`` means ``CliRunner`` and any other
-    caller of the app see the same output as a user does.
+    caller of the app see the same output as a user does. It also holds the lazy
+    commands: placeholders until one is resolved to run.
     """
+
+    lazy: ClassVar[dict[str, LazyCommand]] = {}
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, spec in self.lazy.items():
+            self.commands.setdefault(name, _Placeholder(name, spec))
+
+    def resolve_command(
+        self, ctx: _click.Context, args: list[str]
+    ) -> tuple[str | None, _click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None and isinstance(command, _Placeholder):
+            command = self.commands[name] = command.spec.load(name)
+        return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (FlowyardError, httpx.TransportError) as exc:
-            raise typer.Exit(report_error(exc)) from exc
+        except Exception as exc:
+            if expected_error(exc):
+                raise typer.Exit(report_error(exc)) from exc
+            raise
 
 
 def build_app(*, include_server: bool = True) -> typer.Typer:
     """The whole CLI; ``include_server=False`` leaves out the server-side commands."""
+    lazy = {n: c for n, c in COMMANDS.items() if include_server or not c.server}
+    group = type("FlowyardCommands", (FlowyardGroup,), {"lazy": lazy})
     app = typer.Typer(
         name="flowyard",
-        cls=FlowyardGroup,
+        cls=group,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         help=HELP,
     )
-    app.add_typer(flows_app, name="flows")
-    app.add_typer(tasks_app, name="tasks")
-    app.add_typer(webhooks_app, name="webhooks")
-    app.add_typer(events_app, name="events")
-    app.command("run")(run_command)
-    app.command("login")(login_command)
-    app.command("logout")(logout_command)
-    if include_server:
-        _register_server_commands(app)
+    app.callback()(_root)  # a group even though every command is added lazily
     return app
 
 
-def _register_server_commands(app: typer.Typer) -> None:
-    """Server commands pull in the API and the database; imported here, not at the top."""
-    from services.cli.asyncapi import asyncapi_command
-    from services.cli.db import db_app
-    from services.cli.nats import nats_app
-    from services.cli.serve import serve_command
-    from services.cli.users import users_app
-    from services.cli.worker import worker_command
-
-    app.command("serve")(serve_command)
-    app.command("worker")(worker_command)
-    app.command("asyncapi")(asyncapi_command)
-    app.add_typer(db_app, name="db")
-    app.add_typer(nats_app, name="nats")
-    app.add_typer(users_app, name="users")
+def _root() -> None:
+    """Run torch flows as tasks on a flowyard server, and follow them."""
 
 
 def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> int:
@@ -108,17 +225,23 @@ def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="flowyard", standalone_mode=False)
     except typer.TyperException as exc:  # click-style usage errors (typer vendors click)
+        from typer import rich_utils
+
         rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
         return exc.exit_code
     except typer.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):
             return 130
+        from services.cli.output import print_error
+
         print_error("aborted")
         return 1
     except KeyboardInterrupt:
         return 130
-    except (FlowyardError, httpx.TransportError) as exc:
-        return report_error(exc)
+    except Exception as exc:
+        if expected_error(exc):
+            return report_error(exc)
+        raise
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     return 0

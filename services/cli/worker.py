@@ -159,6 +159,20 @@ def worker_command(
     creds: Annotated[
         Path | None, typer.Option("--creds", help="NATS credentials file (JWT + nkey seed).")
     ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any setting (docs/configuration.md), e.g. --set device=cpu; repeatable.",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port", help="Serve this worker's Prometheus /metrics on this port."
+        ),
+    ] = None,
     gpus: Annotated[
         str | None,
         typer.Option(
@@ -181,12 +195,14 @@ def worker_command(
         raise typer.Exit(run_per_gpu(_own_arguments(), devices, name))
     settings = load_settings(
         config,
+        assignments=assignments or [],
         database_uri=db,
         files_dir=files,
         lease_seconds=lease_seconds,
         poll_interval=poll_interval,
         nats_url=nats,
         nats_creds=creds,
+        metrics_port=metrics_port,
     )
     if settings.nats_url is not None:
         nats_user, nats_password = worker_login(

@@ -71,7 +71,7 @@ def test_a_missing_module_is_broken_not_fatal(caplog: pytest.LogCaptureFixture) 
     [
         ("image.blurry", "flows.image:Blur", "does not match Flow.name 'image.blur'"),
         ("x.notaflow", "flows.image:BlurParams", "is not a Flow subclass"),
-        ("x.function", "flows.image:load_image", "is not a Flow subclass"),
+        ("x.function", "flows.image:target_size", "is not a Flow subclass"),
         ("x.abstract", "flows.image:ImageFlow", "is abstract"),
         ("x.attr", "flows.image:NoSuchClass", "AttributeError"),
         ("x.params", f"{__name__}:ParamsNotAModel", "Params is not a pydantic model"),

@@ -19,7 +19,8 @@ import flows.image
 from core.errors import FlowCancelled, FlowFailed, InvalidInput
 from core.flow import Flow
 from flows.debug import Sleep
-from flows.image import Blur, Edges, Resize, gaussian_kernel, reflect_pad, target_size
+from flows.image import Blur, Edges, Resize, target_size
+from flows.image_ops import gaussian_kernel, reflect_pad
 from tests.support.flow_context import LocalFlowContext, make_context
 
 WIDTH, HEIGHT = 64, 48
@@ -272,7 +273,12 @@ def test_bad_params_are_invalid_input(
 def test_default_params() -> None:
     assert Blur.parse_params({}).model_dump() == {"radius": 2.0}
     assert Edges.parse_params({}).model_dump() == {"threshold": None}
-    assert Sleep.parse_params({}).model_dump() == {"seconds": 1.0, "steps": 10, "fail": None}
+    assert Sleep.parse_params({}).model_dump() == {
+        "seconds": 1.0,
+        "steps": 10,
+        "fail": None,
+        "transient": None,
+    }
 
 
 @pytest.mark.parametrize("flow", [Blur, Edges, Resize, Sleep])
