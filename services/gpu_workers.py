@@ -40,18 +40,24 @@ def gpu_list(spec: str, count: Callable[[], int] = cuda_device_count) -> list[st
     return parts
 
 
-def child_argv(argv: Sequence[str], gpu: str, name: str) -> list[str]:
-    """The worker's own arguments without ``--gpus`` and ``--name``, named for its GPU."""
+def child_argv(argv: Sequence[str], gpu: str, name: str, index: int = 0) -> list[str]:
+    """The worker's own arguments without ``--gpus`` and ``--name``, named for its GPU.
+
+    A ``--metrics-port P`` becomes ``P + index``: every child needs a port of its own.
+    """
     out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, inline = arg.partition("=")
+        takes_value = not eq and flag in ("--gpus", "--name", "--metrics-port")
+        value = inline if eq else (args[i + 1] if takes_value and i + 1 < len(args) else "")
+        i += 2 if takes_value else 1
+        if flag in ("--gpus", "--name"):
             continue
-        if arg in ("--gpus", "--name"):
-            skip = True
-            continue
-        if arg.startswith(("--gpus=", "--name=")):
+        if flag == "--metrics-port" and value.isdigit():
+            out += ["--metrics-port", str(int(value) + index)]
             continue
         out.append(arg)
     return [*out, "--name", f"{name}-gpu{gpu}"]
@@ -63,10 +69,10 @@ def run_per_gpu(argv: Sequence[str], gpus: Sequence[str], name: str | None) -> i
     command = [sys.executable, "-c", "from services.cli.main import main; main()", "worker"]
     children = [
         subprocess.Popen(
-            [*command, *child_argv(argv, gpu, base)],
+            [*command, *child_argv(argv, gpu, base, index)],
             env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu},
         )
-        for gpu in gpus
+        for index, gpu in enumerate(gpus)
     ]
     log.info("started %d workers, one per GPU %s", len(children), ",".join(gpus))
 

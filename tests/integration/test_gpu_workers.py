@@ -35,6 +35,9 @@ def test_children_get_their_own_name_and_no_gpus_option() -> None:
         "box-gpu1",
     ]
     assert child_argv(["--gpus=all"], "0", "h") == ["--name", "h-gpu0"]
+    ports = child_argv(["--metrics-port", "9100", "--gpus", "0,1"], "1", "h", index=1)
+    assert ports == ["--metrics-port", "9101", "--name", "h-gpu1"]
+    assert child_argv(["--metrics-port=9100"], "2", "h", index=2)[:2] == ["--metrics-port", "9102"]
 
 
 @pytest.mark.postgres
