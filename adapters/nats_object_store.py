@@ -87,6 +87,10 @@ class _Buckets:
         self._stores[name] = store
         return store
 
+    def forget(self) -> None:
+        """JetStream lost its store: look every bucket up (and create it) again."""
+        self._stores.clear()
+
 
 class NatsTaskFiles:
     """The worker's side: inputs into a private temp folder, outputs back to the bucket.
@@ -217,6 +221,9 @@ class NatsFileTransfer:
     def __init__(self, js: JetStreamContext, tasks_dir: Path) -> None:
         self.buckets = _Buckets(js, create=True)
         self.tasks_dir = tasks_dir
+
+    def forget(self) -> None:
+        self.buckets.forget()
 
     async def ensure_bucket(self, owner: str) -> None:
         try:

@@ -7,18 +7,26 @@ import logging
 import os
 import signal
 import socket
+import uuid
 
 from adapters.files.local import LocalTaskFiles
 from adapters.sql.database import Database
 from adapters.sql.engine import check_schema, make_engine
 from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.wakeup import PgNotifyWaker, PollWaker, install_pg_notifier, listen_uri
+from adapters.sql.wakeup import (
+    CANCEL_CHANNEL,
+    PgNotifyWaker,
+    PollWaker,
+    install_pg_notifier,
+    listen_uri,
+)
 from adapters.sql.work_queue import SqlWorkQueue, Waker
 from core.errors import ConfigError
 from core.ports import WorkerIdentity
 from core.settings import Settings
 from flows.device import detect_device, device_resources
 from flows.registry import FlowRegistry, installed_flows
+from services.metrics import metered
 from services.webhook_service import install_webhooks
 from services.worker import Worker, WorkerOptions
 
@@ -89,6 +97,21 @@ def stop_on_signals(worker: Worker) -> None:
         loop.add_signal_handler(sig, worker.stop)
 
 
+def cancel_from_notify(workers: list[Worker], payload: str) -> None:
+    """``NOTIFY flowyard_cancel``: stop that task's flow now if it runs here.
+
+    Without it a worker learns of a cancel at its next heartbeat (a third of the
+    lease); the heartbeat still catches a NOTIFY lost while LISTEN was down.
+    """
+    try:
+        task_id = uuid.UUID(payload)
+    except ValueError:
+        log.debug("ignored a cancel NOTIFY with payload %r", payload)
+        return
+    for worker in workers:
+        worker.cancel(task_id)
+
+
 async def run_db_worker(
     settings: Settings,
     *,
@@ -123,9 +146,13 @@ async def run_db_worker(
     # requeues by this worker's reaper wake other workers; its events wake the server's tailer
     notifier = install_pg_notifier(db)
     waker: Waker
+    running: list[Worker] = []  # the listener starts before the worker exists
     if db.dialect == "postgresql":
         listener = PgNotifyWaker(
-            listen_uri(engine), settings.poll_interval, payloads=identity.flows
+            listen_uri(engine),
+            settings.poll_interval,
+            payloads=identity.flows,
+            also={CANCEL_CHANNEL: lambda payload: cancel_from_notify(running, payload)},
         )
         await listener.start()
         waker = listener
@@ -133,15 +160,19 @@ async def run_db_worker(
         waker = PollWaker(settings.poll_interval)
     store = SqlTaskStore(db)
     queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
+    counted, serve_metrics = metered(queue, settings.metrics_port, settings.metrics_host)
     worker = Worker(
         identity,
-        queue,
+        counted,
         LocalTaskFiles(settings.tasks_dir),
         registry,
         worker_options(settings),
         maintenance=queue.reap,
     )
+    running.append(worker)
     stop_on_signals(worker)
+    if serve_metrics is not None:
+        serve_metrics()
     log_start(identity, engine.url.render_as_string(hide_password=True))
     try:
         await worker.run()

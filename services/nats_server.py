@@ -4,6 +4,8 @@
 keeps reconnecting, events wait in the outbox, and ``GET /api/health`` shows the
 lag. Once connected it makes sure the streams and consumers exist, then runs
 
+- the topology keeper (streams and consumers re-created after every reconnect
+  and every few seconds: a nats-server can come back without its store),
 - the outbox relay (events out, work out),
 - the worker-event consumer (events in, outputs into the tasks folder),
 - the heartbeat, worker-presence and whoami handlers (FastStream request-reply),
@@ -34,17 +36,10 @@ from bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
 from bus.nats.dispatch import WorkDispatcher
 from bus.nats.reconcile import Reconciler
 from bus.nats.relay import OutboxRelay
+from bus.nats.scheduler import Scheduler
 from bus.nats.server_consumer import AdvisoryWatcher, WorkerEventConsumer, register_server_handlers
-from bus.nats.streams import (
-    ADVISORY_STREAM,
-    EVENTS_STREAM,
-    advisory_consumer_config,
-    advisory_stream_config,
-    ensure_consumer,
-    ensure_stream,
-    events_stream_config,
-    server_consumer_config,
-)
+from bus.nats.streams import events_stream_config
+from bus.nats.topology import Topology
 from core.errors import ConfigError, Unavailable
 from core.events import TaskCreated, token
 from core.identity import Role
@@ -59,7 +54,7 @@ class NatsBridge:
             raise ConfigError("NATS is not configured: pass --nats nats://HOST:4222")
         self.settings = settings
         self.outbox = SqlOutbox(db)
-        self.projection = SqlProjection(db)
+        self.projection = SqlProjection(db, gated=settings.nats_dispatch == "priority")
         self.broker = make_broker(
             settings.nats_url,
             NatsAuth.from_settings(settings),
@@ -77,6 +72,8 @@ class NatsBridge:
         self.consumer: WorkerEventConsumer | None = None
         self.advisories: AdvisoryWatcher | None = None
         self.reconciler: Reconciler | None = None
+        self.scheduler: Scheduler | None = None
+        self.topology: Topology | None = None
         self._jobs: list[asyncio.Task[None]] = []
         db.on_commit(self.kick)
 
@@ -85,6 +82,8 @@ class NatsBridge:
         self._kick.set()
         if self.relay is not None:
             self.relay.kick()
+        if self.scheduler is not None:
+            self.scheduler.kick()
 
     async def _disconnected(self) -> None:
         self._connected_at = None
@@ -93,6 +92,12 @@ class NatsBridge:
     async def _reconnected(self) -> None:
         self._connected_at = time.monotonic()
         log.info("reconnected to NATS")
+        if self.topology is not None:
+            self.topology.kick()  # the server may have come back without its store
+
+    def _reconcile_now(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.kick(store_lost=True)
 
     async def whoami(self, login: str) -> WhoAmIReply:
         """Whose tasks a NATS user may take: the same rows ``flowyard nats auth-config`` reads.
@@ -126,8 +131,6 @@ class NatsBridge:
         log.info("connecting to NATS at %s", s.nats_url)
         client, js = await self._connect()
         self._connected_at = time.monotonic()
-        await self._retry(lambda: self._ensure_streams(js), "setting up streams")
-        await self.broker.start()
         transfer = NatsFileTransfer(js, s.tasks_dir)
 
         async def prepare(created: TaskCreated) -> None:
@@ -142,12 +145,31 @@ class NatsBridge:
             max_attempts=s.max_attempts,
             prepare=prepare,
         )
-        self.relay = OutboxRelay(
-            self.outbox, self.broker, dispatcher, poll_interval=min(1.0, s.poll_interval)
+        self.topology = Topology(
+            js,
+            events_stream_config(s.events_stream_max_age_hours, s.events_max_bytes),
+            dispatcher=dispatcher,
+            on_lost=[dispatcher.forget, transfer.forget, self._reconcile_now],
         )
-        self.consumer = WorkerEventConsumer(client, self.projection, transfer)
+        await self._retry(self.topology.ensure, "setting up streams")
+        await self.broker.start()
+        gated = s.nats_dispatch == "priority"
+        self.relay = OutboxRelay(
+            self.outbox,
+            self.broker,
+            dispatcher,
+            poll_interval=min(1.0, s.poll_interval),
+            send_work=not gated,
+        )
+        self.consumer = WorkerEventConsumer(
+            client, self.projection, transfer, on_missing=self.topology.kick
+        )
         self.advisories = AdvisoryWatcher(
-            client, js, self.projection, lease_seconds=s.lease_seconds
+            client,
+            js,
+            self.projection,
+            lease_seconds=s.lease_seconds,
+            on_missing=self.topology.kick,
         )
         self.reconciler = Reconciler(
             self.projection,
@@ -158,12 +180,21 @@ class NatsBridge:
             interval=max(5.0, min(60.0, 5 * s.lease_seconds)),
             queued_grace=min(30.0, 5 * s.lease_seconds),
         )
+        self.scheduler = Scheduler(
+            self.projection,
+            dispatcher,
+            interval=min(1.0, s.poll_interval),
+            gated=gated,
+            offline_after=s.worker_offline_seconds,
+        )
         log.info("NATS ready: relaying the outbox, consuming worker events")
         for name, loop in (
+            ("topology", self.topology.run),
             ("relay", self.relay.run),
             ("worker-events", self.consumer.run),
             ("advisories", self.advisories.run),
             ("reconciler", self.reconciler.run),
+            ("scheduler", self.scheduler.run),
         ):
             self._jobs.append(asyncio.create_task(_supervised(name, loop), name=f"nats-{name}"))
         await asyncio.gather(*self._jobs)
@@ -176,17 +207,6 @@ class NatsBridge:
             except (ConfigError, Unavailable) as exc:
                 log.error("%s; retrying in 10s", exc.message)
                 await asyncio.sleep(10)
-
-    async def _ensure_streams(self, js: JetStreamContext) -> None:
-        s = self.settings
-        try:
-            events = events_stream_config(s.events_max_age_hours, s.events_max_bytes)
-            await ensure_stream(js, events)
-            await ensure_stream(js, advisory_stream_config())
-            await ensure_consumer(js, EVENTS_STREAM, server_consumer_config())
-            await ensure_consumer(js, ADVISORY_STREAM, advisory_consumer_config())
-        except TRANSIENT as exc:
-            raise Unavailable(f"NATS: setting up streams failed: {exc}") from exc
 
     async def _retry(self, call: Callable[[], Awaitable[None]], what: str) -> None:
         backoff = 0.5
@@ -217,6 +237,12 @@ class NatsBridge:
             "worker_events": {
                 "recorded": self.consumer.recorded if self.consumer else 0,
                 "refused": self.consumer.refused if self.consumer else 0,
+            },
+            "recovery": {
+                "store_losses": self.topology.losses if self.topology else 0,
+                "redispatched": self.reconciler.redispatched if self.reconciler else 0,
+                "expired": self.reconciler.expired if self.reconciler else 0,
+                "failed_unclaimed": self.reconciler.failed if self.reconciler else 0,
             },
         }
 

@@ -25,6 +25,24 @@ from core.settings import normalise_database_uri
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+PG_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 20_000,
+}
+"""libpq settings that bound a call on a cut network (silently dropped packets, no RST).
+
+Without them a statement waits out TCP's retransmissions (about 15 minutes):
+a worker whose host lost its link would hang in a heartbeat or a report
+instead of retrying, and see the network come back minutes late. Unacked data
+for 20 s (``tcp_user_timeout``, not a statement timeout: a slow query is
+fine) or a silent idle peer for about 20 s closes the connection; the caller
+gets ``Unavailable`` and retries.
+"""
+
 
 def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
     """An async engine for any supported URI (``sqlite``, ``postgresql``, ``mysql``/``mariadb``).
@@ -46,7 +64,11 @@ def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> Asyn
             "pool_recycle": 3600,
         }
     else:
-        kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
+        kwargs |= {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "connect_args": dict(PG_CONNECT_ARGS),
+        }
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

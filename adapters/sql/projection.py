@@ -20,7 +20,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import sqlalchemy as sa
@@ -29,7 +29,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from adapters.sql.database import Database, Tx
 from adapters.sql.rows import task_from_row, task_values
 from adapters.sql.schema import events, tasks, workers
-from adapters.sql.task_store import append_event, append_events, load_for_update, write_task
+from adapters.sql.task_store import (
+    append_event,
+    append_events,
+    forget_work_sent,
+    load_for_update,
+    needs_new_work,
+    write_task,
+)
 from core.errors import Conflict
 from core.events import Event, TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
 from core.redelivery import (
@@ -47,8 +54,12 @@ log = logging.getLogger(__name__)
 
 
 class SqlProjection:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, gated: bool = False) -> None:
+        """``gated``: the server sends work by priority as NATS workers have room
+        (``bus/nats/scheduler.py``); a queued task without ``work_sent_at`` is held
+        back on purpose, not lost, so the reconciler leaves it alone."""
         self.db = db
+        self.gated = gated
 
     # ------------------------------------------------------------------ worker events
 
@@ -101,6 +112,7 @@ class SqlProjection:
         # each task's order (a derived requeue sits between the claims it separates)
         for from_bus, run in itertools.groupby(log_rows, key=lambda row: row[1]):
             await append_events(tx, [e for e, _ in run], relayed_at=now if from_bus else None)
+        await forget_work_sent(tx, [e.task_id for e, _ in log_rows if needs_new_work(e)])
         await _register_claimers(tx, claimers, now)
         return outcomes
 
@@ -298,8 +310,12 @@ class SqlProjection:
         where = (
             (tasks.c.state == TaskState.queued.value)
             & (tasks.c.updated_at < updated_before)
+            # a task scheduled for later has no work message until the scheduler sends it
+            & (tasks.c.not_before.is_(None) | (tasks.c.not_before < updated_before))
             & ~unrelayed
         )
+        if self.gated:
+            where &= tasks.c.work_sent_at.is_not(None)
         if after is not None:
             where &= (tasks.c.updated_at > after[0]) | (
                 (tasks.c.updated_at == after[0]) & (tasks.c.id > after[1])
@@ -308,6 +324,90 @@ class SqlProjection:
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [task_from_row(r) for r in rows]
+
+    async def due(self, now: datetime, since: datetime, limit: int = 500) -> list[Task]:
+        """Queued tasks whose ``not_before`` fell in ``(since, now]``: their work is due.
+
+        Highest priority first, then the earliest due, so a backlog goes out in claim order.
+        """
+        query = (
+            sa.select(tasks)
+            .where(
+                (tasks.c.state == TaskState.queued.value)
+                & (tasks.c.not_before > since)
+                & (tasks.c.not_before <= now)
+            )
+            .order_by(tasks.c.priority.desc(), tasks.c.not_before, tasks.c.id)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [task_from_row(r) for r in rows]
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        """The earliest ``not_before`` still ahead of ``now`` (None: nothing scheduled)."""
+        query = sa.select(sa.func.min(tasks.c.not_before)).where(
+            (tasks.c.state == TaskState.queued.value) & (tasks.c.not_before > now)
+        )
+        async with self.db.read() as conn:
+            value = (await conn.execute(query)).scalar()
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    # ------------------------------------------------------------- priority dispatch
+
+    async def nats_slots(self, seen_since: datetime) -> list[tuple[str | None, set[str], int]]:
+        """``(owner, flows, concurrency)`` of every NATS worker seen since ``seen_since``."""
+        query = sa.select(workers.c.owner, workers.c.flows, workers.c.concurrency).where(
+            (workers.c.transport == "nats") & (workers.c.last_seen_at >= seen_since)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.owner, set(r.flows or ()), int(r.concurrency or 0)) for r in rows]
+
+    async def slots_in_use(self) -> dict[tuple[str, str], int]:
+        """Per ``(owner, flow)``: attempts NATS workers run, plus work sent but not claimed."""
+        busy = (
+            (tasks.c.state == TaskState.running.value)
+            & tasks.c.worker_id.startswith(NATS_WORKER_PREFIX)
+        ) | ((tasks.c.state == TaskState.queued.value) & tasks.c.work_sent_at.is_not(None))
+        query = (
+            sa.select(tasks.c.owner, tasks.c.flow, sa.func.count())
+            .where(busy)
+            .group_by(tasks.c.owner, tasks.c.flow)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def unsent(self, now: datetime, limit: int = 1000) -> list[Task]:
+        """Due queued tasks without a work message: highest priority first, then oldest."""
+        query = (
+            sa.select(tasks)
+            .where(
+                (tasks.c.state == TaskState.queued.value)
+                & tasks.c.work_sent_at.is_(None)
+                & (tasks.c.not_before.is_(None) | (tasks.c.not_before <= now))
+            )
+            .order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [task_from_row(r) for r in rows]
+
+    async def mark_sent(self, task: Task, at: datetime | None) -> bool:
+        """Claim the sending of ``task``'s work (None: undo); False when another server did."""
+        where = (
+            (tasks.c.id == task.id)
+            & (tasks.c.state == TaskState.queued.value)
+            & (tasks.c.attempt == task.attempt)
+        )
+        where &= tasks.c.work_sent_at.is_(None) if at is not None else sa.true()
+        async with self.db.write() as tx:
+            result = await tx.conn.execute(sa.update(tasks).where(where).values(work_sent_at=at))
+        return bool(result.rowcount)
 
     async def states(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
         """``(state, attempt)`` of each task that still exists."""

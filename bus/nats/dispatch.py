@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import nats.js.errors
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
 from bus.nats.streams import (
@@ -25,6 +26,7 @@ from bus.nats.streams import (
     ensure_consumer,
     ensure_stream,
     wake_subject,
+    work_consumer,
     work_consumer_config,
     work_stream,
     work_stream_config,
@@ -50,6 +52,7 @@ def created_of(task: Task) -> TaskCreated:
         inputs=task.inputs,
         priority=task.priority,
         max_attempts=task.max_attempts,
+        timeout_seconds=task.timeout_seconds,
     )
 
 
@@ -88,29 +91,61 @@ class WorkDispatcher:
                 raise unavailable(f"setting up the work stream of {owner!r}", exc) from exc
             self._ready.add((owner, flow))
 
+    def forget(self) -> None:
+        """JetStream lost its store: set every work stream and consumer up again on next use."""
+        self._ready.clear()
+
+    async def verify(self, limit: int = 200) -> int:
+        """Re-create the work streams and consumers in use that went missing; how many did.
+
+        A work queue whose consumer is gone keeps its messages but delivers none,
+        and nothing else would notice: the reconciler sees the messages there.
+        """
+        repaired = 0
+        for owner, flow in sorted(self._ready)[:limit]:
+            try:
+                await self.js.consumer_info(work_stream(owner), work_consumer(flow))
+                continue
+            except nats.js.errors.NotFoundError:
+                log.warning("work consumer of %s/%s is gone; setting it up again", owner, flow)
+            except TRANSIENT as exc:
+                raise unavailable(f"checking the work consumer of {owner!r}", exc) from exc
+            self._ready.discard((owner, flow))
+            await self.ensure(owner, flow)
+            repaired += 1
+        return repaired
+
     async def send(self, created: TaskCreated, *, base: int, msg_id: str) -> None:
+        """Publish the work; a stream deleted under us is set up again and the publish retried."""
         await self.ensure(created.owner, created.flow)
         if self.prepare is not None:
             await self.prepare(created)
         try:
-            ack = await self.broker.publish(
-                created.to_json().encode(),
-                work_subject(created.owner, created.flow),
-                headers={
-                    MSG_ID: msg_id,
-                    ATTEMPT_BASE: str(base),
-                    "content-type": "application/json",
-                },
-                stream=work_stream(created.owner),
-                timeout=PUBLISH_TIMEOUT,
-            )
-        except nats.js.errors.NoStreamResponseError as exc:
+            ack = await self._publish(created, base=base, msg_id=msg_id)
+        except nats.js.errors.NoStreamResponseError:
             self._ready.discard((created.owner, created.flow))  # deleted under us: set up again
-            raise unavailable(f"work for task {created.task_id}", exc) from exc
+            await self.ensure(created.owner, created.flow)
+            try:
+                ack = await self._publish(created, base=base, msg_id=msg_id)
+            except TRANSIENT as exc:
+                raise unavailable(f"work for task {created.task_id}", exc) from exc
         except TRANSIENT as exc:
             raise unavailable(f"work for task {created.task_id}", exc) from exc
-        if ack.duplicate:
+        if ack is not None and ack.duplicate:
             log.debug("work %s was already sent", msg_id)
+
+    async def _publish(self, created: TaskCreated, *, base: int, msg_id: str) -> PubAck | None:
+        return await self.broker.publish(
+            created.to_json().encode(),
+            work_subject(created.owner, created.flow),
+            headers={
+                MSG_ID: msg_id,
+                ATTEMPT_BASE: str(base),
+                "content-type": "application/json",
+            },
+            stream=work_stream(created.owner),
+            timeout=PUBLISH_TIMEOUT,
+        )
 
     async def wake(self, owner: str, flow: str) -> None:
         """Best effort: a missed wake-up costs a worker one poll interval."""

@@ -267,18 +267,21 @@ def _filters(config: ConsumerConfig) -> set[str]:
 # ----------------------------------------------------------------------------- ensure
 
 
-async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to ``desired`` (subjects are merged)."""
+async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> bool:
+    """Create the stream, or bring an existing one to ``desired`` (subjects are merged).
+
+    True when it had to be created: at the first start, or after JetStream lost it.
+    """
     assert desired.name is not None
     try:
         info = await js.stream_info(desired.name)
     except nats.js.errors.NotFoundError:
         await js.add_stream(desired)
         log.info("created stream %s", desired.name)
-        return
+        return True
     diffs = stream_differences(info.config, desired)
     if not diffs:
-        return
+        return False
     immutable = [d for d in diffs if d.split(":", 1)[0] in _IMMUTABLE_STREAM]
     if immutable:
         raise ConfigError(
@@ -288,10 +291,14 @@ async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> None:
     merged = sorted(set(info.config.subjects or ()) | set(desired.subjects or ()))
     await js.update_stream(_evolve(desired, subjects=merged))
     log.warning("updated stream %s: %s", desired.name, "; ".join(diffs))
+    return False
 
 
-async def ensure_consumer(js: JetStreamContext, stream: str, desired: ConsumerConfig) -> None:
-    """Create the durable consumer, or update it; recreate it when NATS refuses the update."""
+async def ensure_consumer(js: JetStreamContext, stream: str, desired: ConsumerConfig) -> bool:
+    """Create the durable consumer, or update it; recreate it when NATS refuses the update.
+
+    True when it did not exist (created now).
+    """
     name = desired.durable_name
     assert name is not None
     try:
@@ -299,10 +306,10 @@ async def ensure_consumer(js: JetStreamContext, stream: str, desired: ConsumerCo
     except nats.js.errors.NotFoundError:
         await js.add_consumer(stream, desired)
         log.info("created consumer %s on %s", name, stream)
-        return
+        return True
     diffs = consumer_differences(info.config, desired)
     if not diffs:
-        return
+        return False
     try:
         await js.add_consumer(stream, desired)  # create-or-update: edits what NATS allows
         log.warning("updated consumer %s on %s: %s", name, stream, "; ".join(diffs))
@@ -311,6 +318,7 @@ async def ensure_consumer(js: JetStreamContext, stream: str, desired: ConsumerCo
         log.warning("recreating consumer %s on %s (%s): %s", name, stream, exc, "; ".join(diffs))
         await js.delete_consumer(stream, name)
         await js.add_consumer(stream, desired)
+    return False
 
 
 def _evolve(config: StreamConfig, **changes: Any) -> StreamConfig:

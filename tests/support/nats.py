@@ -46,7 +46,7 @@ async def _quiet(_exc: Exception) -> None:
 
 
 class NatsServer(ManagedServer):
-    """One nats-server on 127.0.0.1 that keeps its port and store across restarts.
+    """One nats-server (on 127.0.0.1 unless ``host``) that keeps its port and store across restarts.
 
     Next to store_dir it writes ``<store>.nats-server.log`` and, when config is
     given, ``<store>.nats-server.conf`` (command-line flags win over the file).
@@ -61,10 +61,12 @@ class NatsServer(ManagedServer):
         connect_options: Mapping[str, Any] | None = None,
         jetstream: bool = True,
         startup_timeout: float = 20.0,
+        host: str = "127.0.0.1",
     ) -> None:
         """connect_options (e.g. user/password) are what the readiness probe
         needs when config enables auth; jetstream=False skips -js and the
-        JetStream part of the probe."""
+        JetStream part of the probe; host is the one address it binds."""
+        self.host = host
         self.store_dir = Path(store_dir).resolve()
         stem = self.store_dir.parent / self.store_dir.name
         self.log_path = stem.with_name(f"{self.store_dir.name}.nats-server.log")
@@ -76,7 +78,7 @@ class NatsServer(ManagedServer):
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self._port}"
+        return f"nats://{self.host}:{self._port}"
 
     # ------------------------------------------------------------- lifecycle
 
@@ -88,7 +90,7 @@ class NatsServer(ManagedServer):
     # -------------------------------------------------------------- internals
 
     def _command(self) -> list[str]:
-        cmd = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self._port)]
+        cmd = [str(nats_server_binary()), "-a", self.host, "-p", str(self._port)]
         if self.jetstream:
             cmd += ["-js", "-sd", str(self.store_dir)]
         if self.config is not None:
@@ -139,7 +141,7 @@ class NatsServer(ManagedServer):
                     f"nats-server exited with {returncode} on port {self._port};"
                     f" log {self.log_path}:\n{tail}"
                 )
-            if port_accepts(self._port):
+            if port_accepts(self._port, self.host):
                 try:
                     run_coroutine_in_thread(self._probe, timeout=5)
                     return

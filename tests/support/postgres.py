@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,18 +159,25 @@ class PostgresCluster(ManagedServer):
         settings: Mapping[str, str] | None = None,
         initdb_from: Path | None = None,
         startup_timeout: float = 30.0,
+        listen: Sequence[str] = ("127.0.0.1",),
+        trust: Sequence[str] = (),
     ) -> None:
         """settings override DEFAULT_SETTINGS; initdb_from is a pristine, stopped
-        data dir to copy instead of running initdb (much faster per cluster)."""
+        data dir to copy instead of running initdb (much faster per cluster).
+        listen: the addresses to bind (127.0.0.1 is needed: readiness and
+        admin connections use it); trust: more client networks (CIDR) let in
+        without a password, e.g. the test's network namespaces."""
         self.base_dir = Path(base_dir).resolve()
         self.data_dir = self.base_dir / "data"
         self.log_path = self.base_dir / "postgres.log"
         self.settings: dict[str, str] = {**DEFAULT_SETTINGS, **(settings or {})}
         self.initdb_from = initdb_from
+        self.listen = tuple(listen)
+        self.trust = tuple(trust)
         super().__init__(port, startup_timeout)
 
-    def uri(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self._port}/{database}"
+    def uri(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql://postgres@{host}:{self._port}/{database}"
 
     @property
     def socket_dir(self) -> Path:
@@ -189,6 +196,16 @@ class PostgresCluster(ManagedServer):
     def _prepare(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._ensure_data_dir()
+        self._trust_networks()
+
+    def _trust_networks(self) -> None:
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        missing = [f"host all all {net} trust" for net in self.trust]
+        missing = [line for line in missing if line not in lines]
+        if missing:
+            with hba.open("a") as fh:
+                fh.write("\n".join(missing) + "\n")
 
     # ------------------------------------------------------------- databases
 
@@ -243,7 +260,7 @@ class PostgresCluster(ManagedServer):
             "-p",
             str(self._port),
             "-h",
-            "127.0.0.1",
+            ",".join(self.listen),
             "-k",
             str(socket_dir),
         ]
