@@ -30,6 +30,12 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class FileRef(BaseModel):
     """A file that belongs to a task: where it lies relative to the task folder."""
 
@@ -40,6 +46,17 @@ class FileRef(BaseModel):
     size: int = Field(ge=0)
     media_type: str = "application/octet-stream"
     input: str | None = None
+
+
+class ChainStep(BaseModel):
+    """A follow-up task: created when its parent succeeds, the parent's outputs its inputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    flow: str = Field(min_length=1, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    then: tuple[ChainStep, ...] = ()
 
 
 class EventBase(BaseModel):
@@ -77,6 +94,16 @@ class TaskCreated(EventBase):
     inputs: tuple[FileRef, ...] = ()
     priority: int = 0
     max_attempts: int = Field(default=3, ge=1)
+    not_before: datetime | None = None
+    """Not claimable before this time (``run_at``/``delay_seconds``); None: at once."""
+
+    _not_before_utc = field_validator("not_before")(classmethod(lambda cls, v: _utc(v)))
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    """Seconds an attempt may run before its flow is stopped (None: the flow's default)."""
+    parent_id: uuid.UUID | None = None
+    """The task whose success created this one (a chain's follow-up)."""
+    then: tuple[ChainStep, ...] = ()
+    """Follow-ups to create when this task succeeds."""
 
 
 class TaskClaimed(EventBase):
@@ -95,13 +122,25 @@ class TaskCancelRequested(EventBase):
     """Asks the worker that runs the task to stop; persisted so a missed signal is not lost."""
 
     type: Literal["task.cancel_requested"] = "task.cancel_requested"
+    reason: str | None = None
+    """Why, when not a person's cancel (e.g. "the client disconnected")."""
+    stage: str | None = None
+    """What the task was doing when it was interrupted (state, progress, message)."""
 
 
 class TaskRequeued(EventBase):
-    """A running attempt ended without a result (lease expired, worker stopped): wait again."""
+    """A running attempt ended without a result (lease expired, worker stopped): wait again.
+
+    A retryable failure also requeues: ``error`` is the attempt's error and
+    ``not_before`` when the next attempt may start (the retry policy's backoff).
+    """
 
     type: Literal["task.requeued"] = "task.requeued"
     reason: str
+    error: str | None = None
+    not_before: datetime | None = None
+
+    _not_before_utc = field_validator("not_before")(classmethod(lambda cls, v: _utc(v)))
 
 
 class TaskRetried(EventBase):

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import FlowCancelled, InvalidInput
+from core.retry import RetryPolicy
 
 
 class InputSpec(BaseModel):
@@ -94,6 +95,19 @@ class Flow(ABC):
     """Most tasks run together by ``run_batch``; 1: the flow does not batch."""
     batch_window: ClassVar[float] = 0.02
     """Seconds a worker waits for more same-flow tasks to fill a partial batch."""
+    max_attempts: ClassVar[int | None] = None
+    """Attempts a task of this flow gets (None: the ``max_attempts`` setting); a task may
+    set its own."""
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    """Errors whose attempt runs again (after a backoff) while attempts are left; empty:
+    a failure ends the task. ``DoNotRetry`` is never retried."""
+    retry_backoff: ClassVar[float] = 1.0
+    """Seconds: the first retry waits up to this (full jitter), doubling with each attempt."""
+    retry_backoff_max: ClassVar[float] = 300.0
+    """The longest wait between two attempts."""
+    timeout_seconds: ClassVar[float | None] = None
+    """A task of this flow that runs longer fails "timed out after N s" (None: no limit);
+    a task may set its own ``timeout_seconds``."""
 
     @abstractmethod
     def run(self, ctx: FlowContext, params: Any) -> None:
@@ -107,6 +121,10 @@ class Flow(ABC):
         an item to fail only that item.
         """
         return [run_one(self, item) for item in items]
+
+    @classmethod
+    def retry_policy(cls) -> RetryPolicy:
+        return RetryPolicy(cls.retry_on, cls.retry_backoff, cls.retry_backoff_max)
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any]) -> BaseModel:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from core.events import Event, FileRef, TaskDone, TaskProgress
+from core.events import Event, FileRef, TaskDone, TaskProgress, TaskRequeued
 from core.task import Task, TaskState
 
 
@@ -80,8 +80,14 @@ class WorkQueue(Protocol):
         """Extend the lease of the task's current attempt; raise ``LeaseLost`` if gone."""
         ...
 
-    async def report(self, worker: WorkerIdentity, event: TaskProgress | TaskDone) -> None:
-        """Publish the attempt's progress or result; ``TaskDone`` also acks the work."""
+    async def report(
+        self, worker: WorkerIdentity, event: TaskProgress | TaskDone | TaskRequeued
+    ) -> None:
+        """Publish the attempt's progress or result; ``TaskDone`` also acks the work.
+
+        ``TaskRequeued`` (a retryable failure, with its backoff's ``not_before``) ends
+        the attempt too: the next one is dispatched when it is due.
+        """
         ...
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:

@@ -45,6 +45,10 @@ DATABASE_SCHEMES: dict[str, str] = {
 }
 
 
+DEFAULT_SERVER_RETENTION_DAYS = 30.0
+"""Server mode keeps finished tasks this long unless ``retention_days`` says otherwise."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWYARD_", extra="forbid")
 
@@ -146,6 +150,31 @@ class Settings(BaseSettings):
     nats_creds: Path | None = Field(default=None, description="NATS credentials file (JWT+nkey)")
     events_max_age_hours: float = Field(
         default=24.0 * 30, gt=0, description="FLOWYARD_EVENTS keeps events this long"
+    )
+    retention_days: float | None = Field(
+        default=None,
+        ge=0,
+        description="finished tasks, their files and webhook deliveries older than this many "
+        "days are removed by a background pruner; unset: 30 in server mode, off in default "
+        "mode; 0: off",
+    )
+    events_retention_days: float | None = Field(
+        default=None,
+        ge=0,
+        description="events older than this many days whose task was removed are pruned too; "
+        "unset or 0: kept (FLOWYARD_EVENTS then keeps them at most this long as well)",
+    )
+    retention_interval_seconds: float = Field(
+        default=300.0, gt=0, description="seconds between two rounds of the pruner"
+    )
+    retention_batch: int = Field(
+        default=100, ge=1, description="tasks removed per pruner transaction (small: short locks)"
+    )
+    nats_dispatch: Literal["priority", "fifo"] = Field(
+        default="priority",
+        description="how the server sends work to NATS workers: priority (held in the "
+        "database, sent highest priority first as workers have free slots) or fifo (sent "
+        "at once, run in creation order)",
     )
     events_max_bytes: int = Field(
         default=-1, ge=-1, description="FLOWYARD_EVENTS size limit in bytes (-1: none)"
@@ -281,6 +310,21 @@ class Settings(BaseSettings):
     def auth_required(self) -> bool:
         """Server mode, or any listener beyond loopback: a laptop is never an open door."""
         return self.mode == "server" or not is_loopback(self.host)
+
+    @property
+    def task_retention_days(self) -> float | None:
+        """``retention_days`` resolved: None means tasks are kept."""
+        days = self.retention_days
+        if days is None:
+            days = DEFAULT_SERVER_RETENTION_DAYS if self.mode == "server" else 0.0
+        return days or None
+
+    @property
+    def events_stream_max_age_hours(self) -> float:
+        """FLOWYARD_EVENTS never keeps what the database's event retention removed."""
+        if self.events_retention_days:
+            return min(self.events_max_age_hours, self.events_retention_days * 24)
+        return self.events_max_age_hours
 
     @property
     def heartbeat_seconds(self) -> float:

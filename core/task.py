@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import IllegalTransition, StaleAttempt, TaskFinished
 from core.events import (
+    ChainStep,
     Event,
     FileRef,
     TaskCancelRequested,
@@ -82,6 +83,16 @@ class Task(BaseModel):
     finished_at: datetime | None = None
     cancelled_at: datetime | None = None
     updated_at: datetime
+    not_before: datetime | None = None
+    """Queued but not claimable before this time (scheduled, or a retry's backoff)."""
+    interrupted_at: datetime | None = None
+    """When a cancel with a stage (the client disconnected) was asked."""
+    interrupted_stage: str | None = None
+    timeout_seconds: float | None = None
+    """This task's own limit per attempt; None: the flow's ``timeout_seconds``."""
+    parent_id: uuid.UUID | None = None
+    then: tuple[ChainStep, ...] = ()
+    """Follow-ups created when this task succeeds (``services/chains.py``)."""
 
 
 def apply(task: Task | None, event: Event) -> Task:
@@ -99,6 +110,10 @@ def apply(task: Task | None, event: Event) -> Task:
             max_attempts=event.max_attempts,
             created_at=event.at,
             updated_at=event.at,
+            not_before=event.not_before,
+            timeout_seconds=event.timeout_seconds,
+            parent_id=event.parent_id,
+            then=event.then,
         )
     if task is None:
         raise IllegalTransition(f"{event.type} for task {event.task_id} that was never created")
@@ -122,7 +137,10 @@ def apply(task: Task | None, event: Event) -> Task:
             raise TaskFinished(f"task {task.id} already {task.state}")
         if task.cancel_requested:
             return task
-        return task.model_copy(update={"cancel_requested": True, "updated_at": event.at})
+        update: dict[str, Any] = {"cancel_requested": True, "updated_at": event.at}
+        if event.stage is not None:
+            update |= {"interrupted_at": event.at, "interrupted_stage": event.stage[:500]}
+        return task.model_copy(update=update)
     if isinstance(event, TaskRequeued):
         if task.state is TaskState.queued:
             return task
@@ -135,6 +153,8 @@ def apply(task: Task | None, event: Event) -> Task:
                 "lease_expires_at": None,
                 "progress": 0.0,
                 "message": event.reason,
+                "error": event.error if event.error is not None else task.error,
+                "not_before": event.not_before,
                 "updated_at": event.at,
             }
         )
@@ -186,6 +206,9 @@ def _retried(task: Task, event: TaskRetried) -> Task:
             "claimed_at": None,
             "finished_at": None,
             "cancelled_at": None,
+            "not_before": None,
+            "interrupted_at": None,
+            "interrupted_stage": None,
             "updated_at": event.at,
         }
     )
@@ -237,6 +260,7 @@ def _claimed(task: Task, event: TaskClaimed) -> Task:
             "claimed_at": event.at,
             "progress": 0.0,
             "message": "",
+            "not_before": None,
             "updated_at": event.at,
         }
     )

@@ -55,7 +55,7 @@ class Authenticator:
         self.required = settings.auth_required
         self.local = Principal(settings.default_owner, Role.admin)
         self.session_lifetime = timedelta(hours=settings.session_hours)
-        self.cookie_secure = settings.cookie_secure
+        self.cookie_secure = settings.cookie_secure or settings.tls_enabled
         self.limiter = FailureLimiter(limit=settings.login_attempts)
         self._clock = clock
         self._verified: dict[str, tuple[User, float]] = {}

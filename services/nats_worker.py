@@ -55,6 +55,7 @@ from services.db_worker import (
     worker_identity,
     worker_options,
 )
+from services.metrics import metered
 from services.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,12 @@ async def run_nats_worker(
     await queue.start(client, js)
     await _check_lease(js, owner, identity.flows, settings.lease_seconds)
     files = NatsTaskFiles(js, abandon=queue.abandon)
-    worker = Worker(identity, queue, files, registry, worker_options(settings))
+    counted, serve_metrics = metered(queue, settings.metrics_port, settings.metrics_host)
+    worker = Worker(identity, counted, files, registry, worker_options(settings))
     queue.on_cancel = worker.cancel
     stop_on_signals(worker)
+    if serve_metrics is not None:
+        serve_metrics()
     log_start(identity, settings.nats_url)
     refused: list[str] = []
     watch = asyncio.create_task(_stop_when_refused(client, worker, refused), name="nats-login")

@@ -20,6 +20,7 @@ from adapters.files.local import LocalFileStore, LocalTaskFiles
 from adapters.files.lock import DataDirLock
 from adapters.sql.database import Database
 from adapters.sql.engine import make_engine, upgrade
+from adapters.sql.retention import SqlRetention
 from adapters.sql.task_store import SqlTaskStore
 from adapters.sql.user_store import SqlUserStore
 from adapters.sql.wakeup import PgNotifier, install_pg_notifier
@@ -33,8 +34,10 @@ from core.settings import Settings
 from flows.device import detect_device, device_resources
 from flows.registry import FlowRegistry, installed_flows
 from services.auth_service import Authenticator
+from services.chains import Chainer
 from services.event_tailer import run_event_tailer
 from services.metrics import ServerMetrics
+from services.retention import Pruner
 from services.task_service import TaskService
 from services.webhook_dispatcher import WebhookDispatcher
 from services.webhook_service import WebhookService, install_webhooks
@@ -65,6 +68,8 @@ class Runtime:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     lock: DataDirLock | None = None
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    chains: Chainer = field(init=False)
+    pruner: Pruner = field(init=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
@@ -118,6 +123,16 @@ class Runtime:
         )
         queue = SqlWorkQueue(store, waker, lease_seconds=settings.lease_seconds)
         runtime = cls(settings, db, hub, store, files, flows, tasks, queue, notifier=notifier)
+        runtime.chains = Chainer(
+            store,
+            files,
+            flows,
+            max_attempts=settings.max_attempts,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+        if settings.mode != "server":  # server mode: the tailer sees every result (``_tailed``)
+            db.on_commit(runtime.chains.notice)
+        runtime.pruner = Pruner(SqlRetention(db), files, settings)
         if settings.mode != "server":  # server mode: the tailer observes (``_tailed``)
             db.on_commit(runtime.metrics.tasks.observe)
         runtime.auth = Authenticator(SqlUserStore(db), settings)
@@ -178,6 +193,9 @@ class Runtime:
                 log.warning("requeued %d tasks interrupted by the last shutdown", released)
             self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
         self._background.append(asyncio.create_task(self._reaper(), name="reaper"))
+        self._background.append(asyncio.create_task(self._sweep_chains(), name="chains"))
+        if self.settings.task_retention_days or self.settings.events_retention_days:
+            self._background.append(asyncio.create_task(self.pruner.run(), name="pruner"))
         self._background.append(asyncio.create_task(self.dispatcher.run(), name="webhooks"))
         if self.settings.mode == "server":
             tailer = run_event_tailer(
@@ -191,8 +209,19 @@ class Runtime:
         """Events other processes wrote: to the live hub, and a nudge for the NATS relay."""
         self.hub.publish(events)
         self.metrics.tasks.observe(events)
+        self.chains.notice(events)
         if self.nats is not None:
             self.nats.kick()
+
+    async def _sweep_chains(self) -> None:
+        """Follow-ups a stopped server did not create (its listener never saw the success)."""
+        try:
+            made = await self.chains.sweep()
+        except Unavailable as exc:
+            log.warning("chain sweep skipped: %s", exc.message)
+            return
+        if made:
+            log.info("created %d follow-up tasks missed while stopped", made)
 
     async def _reaper(self) -> None:
         while True:
@@ -216,6 +245,7 @@ class Runtime:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
+        await self.chains.close()
         if self.nats is not None:
             await self.nats.close()
         if self.notifier is not None:

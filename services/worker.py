@@ -8,6 +8,9 @@ as many tasks as it has free slots, keeps each lease alive with heartbeats
 (every lease/3), stops a flow when its task is cancelled or its lease is lost,
 and retries a result until the queue takes it
 (a result event is idempotent, so a retry after an outage is harmless).
+A task past its timeout (its own ``timeout_seconds``, else its flow's) has its
+flow stopped like a cancel, and fails "timed out after N s"; a failure its
+flow's retry policy retries is reported as a requeue with a backoff instead.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from core.errors import (
     FlowCancelled,
     FlowFailed,
     FlowNotFound,
+    FlowTimedOut,
     InvalidInput,
     LeaseLost,
     Unavailable,
 )
-from core.events import FileRef, TaskDone, TaskProgress
+from core.events import FileRef, TaskDone, TaskProgress, utcnow
 from core.flow import BatchItem, Flow, run_items
 from core.ports import AttemptFiles, TaskFiles, WorkerIdentity, WorkQueue
+from core.retry import after_failure
 from core.task import Task
 from services.run_context import RunContext
 
@@ -93,6 +98,7 @@ class Worker:
         )
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._contexts: dict[uuid.UUID, RunContext] = {}
+        self._timed_out: dict[uuid.UUID, float] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -224,10 +230,13 @@ class Worker:
                 if task.id in self._running:  # not concluded yet
                     await self._release(task, "worker stopped before the flow finished")
             raise
+        except LeaseLost as exc:  # a late result refused: the attempt went to another worker
+            log.warning("%s", exc.message)
         finally:
             for task in batch:
                 self._running.pop(task.id, None)
                 self._contexts.pop(task.id, None)
+                self._timed_out.pop(task.id, None)
             self._slot_freed.set()
 
     async def _release(self, task: Task, reason: str) -> None:
@@ -244,6 +253,10 @@ class Worker:
             for run in runs
             for guard in (self._heartbeats(run.task, run.ctx), self._progress(run.task, run.ctx))
         ]
+        for run in runs:
+            limit = run.task.timeout_seconds or run.flow.timeout_seconds
+            if limit:
+                guards.append(asyncio.create_task(self._deadline(run, limit)))
         items = [BatchItem(run.ctx, run.params) for run in runs]
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
@@ -254,7 +267,10 @@ class Worker:
                 guard.cancel()
             await asyncio.gather(*guards, return_exceptions=True)
         for run, outcome in zip(runs, outcomes, strict=True):
-            await self._conclude(run, outcome)
+            try:
+                await self._conclude(run, outcome)
+            except LeaseLost as exc:  # refused: that attempt went to another worker meanwhile
+                log.warning("task %s: %s", run.task.id, exc.message)
 
     async def _prepare(self, task: Task) -> _Run | None:
         """The task's flow, params and files; a task that cannot start fails at once."""
@@ -270,11 +286,29 @@ class Worker:
         self._contexts[task.id] = ctx
         return _Run(task, flow_cls, params, ctx, files)
 
+    async def _deadline(self, run: _Run, seconds: float) -> None:
+        """Past the task's timeout: stop its flow (cancel its context); it then fails."""
+        await asyncio.sleep(seconds)
+        log.warning("task %s timed out after %gs; stopping its flow", run.task.id, seconds)
+        self._timed_out[run.task.id] = seconds
+        run.ctx.cancel()
+
     async def _conclude(self, run: _Run, outcome: BaseException | None) -> None:
         task, ctx = run.task, run.ctx
+        limit = self._timed_out.pop(task.id, None)
+        if limit is not None:
+            outcome = FlowTimedOut(f"timed out after {limit:g} s")
         status, error, outputs = await self._outcome(run, outcome)
+        again = None
+        if status == "failed" and outcome is not None:
+            policy = run.flow.retry_policy()
+            again = after_failure(task, policy, outcome, error or "", utcnow())
         if ctx.lease_lost:
             log.warning("task %s attempt %d was taken away; result dropped", task.id, task.attempt)
+        elif again is not None:
+            log.info("task %s: %s", task.id, again.reason)
+            requeue = again
+            await self._retrying(lambda: self.queue.report(self.identity, requeue), "report retry")
         else:
             await self._finish(task, status, error=error, outputs=outputs)
         self._running.pop(task.id, None)

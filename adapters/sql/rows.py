@@ -16,6 +16,7 @@ def task_from_row(row: sa.Row[Any] | sa.RowMapping) -> Task:
     data["inputs"] = tuple(FileRef.model_validate(f) for f in data["inputs"] or ())
     data["outputs"] = tuple(FileRef.model_validate(f) for f in data["outputs"] or ())
     data["params"] = data["params"] or {}
+    data["then"] = tuple(data.get("then") or ())
     return Task.model_validate(data)
 
 
@@ -25,6 +26,7 @@ def task_values(task: Task) -> dict[str, Any]:
     values["inputs"] = [f.model_dump(mode="json") for f in task.inputs]
     values["outputs"] = [f.model_dump(mode="json") for f in task.outputs]
     values["message"] = task.message[:500]
+    values["then"] = [step.model_dump(mode="json") for step in task.then] or None
     return values
 
 

@@ -69,9 +69,37 @@ tasks = sa.Table(
     sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.Column("cancelled_at", UtcDateTime, nullable=True),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # queued but not claimable before (run_at, a retry's backoff); NULL: at once (0005)
+    sa.Column("not_before", UtcDateTime, nullable=True),
+    # a cancel because the client left (cancel_on_disconnect): when, and what it was doing (0006)
+    sa.Column("interrupted_at", UtcDateTime, nullable=True),
+    sa.Column("interrupted_stage", sa.String(500), nullable=True),
+    # seconds an attempt may run (NULL: the flow's timeout_seconds, if any) (0008)
+    sa.Column("timeout_seconds", sa.Float, nullable=True),
+    # chains (0009): the task whose success created this one, and follow-ups still to create
+    sa.Column("parent_id", sa.Uuid, nullable=True),
+    sa.Column("then", sa.JSON(none_as_null=True), nullable=True),
+    # NATS priority dispatch (0010): a work message for the task is out since then; not a
+    # projection of events (NULL again when a retry or a backoff needs a new message)
+    sa.Column("work_sent_at", UtcDateTime, nullable=True),
     sa.Index("ix_tasks_claim", "state", "flow", "priority", "created_at"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
     sa.Index("ix_tasks_created", "created_at"),
+    sa.Index("ix_tasks_parent", "parent_id"),
+)
+
+# A create's Idempotency-Key, unique per owner (0007): the task it made, and a digest of
+# the request, so the same key with other parameters is told apart (409). Kept for
+# idempotency_window_hours, then pruned (a key may be used again after that).
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("owner", Name, primary_key=True),
+    sa.Column("key", Name, primary_key=True),
+    sa.Column("task_id", sa.Uuid, nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_idempotency_keys_created", "created_at"),
 )
 
 events = sa.Table(

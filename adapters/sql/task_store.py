@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from adapters.sql.database import Database, Tx
 from adapters.sql.rows import event_from_row, event_values, task_from_row, task_values
-from adapters.sql.schema import events, tasks, workers
-from core.errors import TaskNotFound
-from core.events import Event
+from adapters.sql.schema import events, idempotency_keys, tasks, workers
+from core.errors import Conflict, TaskNotFound
+from core.events import Event, TaskCreated, TaskRequeued, TaskRetried
 from core.ports import WorkerIdentity
 from core.task import Task, TaskState, apply
 
@@ -30,6 +31,68 @@ class SqlTaskStore:
     async def record(self, event: Event, *, relayed_at: datetime | None = None) -> Task:
         async with self.db.write() as tx:
             return await record_in(tx, event, relayed_at=relayed_at)
+
+    async def record_all(self, batch: Sequence[Event]) -> list[Task]:
+        """Several events in one transaction: all are recorded, or none (a batch create)."""
+        async with self.db.write() as tx:
+            return [await record_in(tx, event) for event in batch]
+
+    async def record_keyed(
+        self, event: TaskCreated, key: str, request_hash: str, window: timedelta
+    ) -> tuple[Task, bool]:
+        """Create under an idempotency key of the event's owner, in one transaction.
+
+        ``(task, True)``: created now. ``(original, False)``: the key was used within
+        ``window`` for the same request. The same key for another request is a
+        ``Conflict``; a key older than the window is given to the new task.
+        """
+        for _ in range(3):  # a concurrent create with the same key: read what it made
+            existing = await self._key(event.owner, key)
+            if existing is not None:
+                task_id, digest, created_at = existing
+                original = await self._task_or_none(task_id)  # deleted: the key is free
+                if original is not None and created_at >= event.at - window:
+                    if digest != request_hash:
+                        raise Conflict(
+                            f"Idempotency-Key: {key!r} was used for a different request "
+                            "(other flow or parameters) within the idempotency window"
+                        )
+                    return original, False
+            try:
+                async with self.db.write() as tx:
+                    where = (idempotency_keys.c.owner == event.owner) & (
+                        idempotency_keys.c.key == key
+                    )
+                    await tx.conn.execute(sa.delete(idempotency_keys).where(where))
+                    await tx.conn.execute(
+                        sa.insert(idempotency_keys).values(
+                            owner=event.owner,
+                            key=key,
+                            task_id=event.task_id,
+                            request_hash=request_hash,
+                            created_at=event.at,
+                        )
+                    )
+                    return await record_in(tx, event), True
+            except IntegrityError:
+                continue
+        raise Conflict(f"Idempotency-Key: {key!r} is being used by a concurrent request")
+
+    async def _task_or_none(self, task_id: uuid.UUID) -> Task | None:
+        try:
+            return await self.get(task_id)
+        except TaskNotFound:
+            return None
+
+    async def _key(self, owner: str, key: str) -> tuple[uuid.UUID, str, datetime] | None:
+        query = sa.select(
+            idempotency_keys.c.task_id,
+            idempotency_keys.c.request_hash,
+            idempotency_keys.c.created_at,
+        ).where((idempotency_keys.c.owner == owner) & (idempotency_keys.c.key == key))
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (row.task_id, row.request_hash, row.created_at)
 
     async def get(self, task_id: uuid.UUID) -> Task:
         async with self.db.read() as conn:
@@ -56,6 +119,32 @@ class SqlTaskStore:
             query = query.where(tasks.c.owner == owner)
         async with self.db.read() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+        return [task_from_row(r) for r in rows]
+
+    async def children(self, task_id: uuid.UUID) -> list[uuid.UUID]:
+        """The follow-ups a task's success created (chains), oldest first."""
+        query = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.parent_id == task_id)
+            .order_by(tasks.c.created_at, tasks.c.id)
+        )
+        async with self.db.read() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def chain_parents(self, since: datetime, limit: int = 500) -> list[Task]:
+        """Succeeded tasks with follow-ups, finished since ``since`` (the chainer's sweep)."""
+        query = (
+            sa.select(tasks)
+            .where(
+                (tasks.c.state == TaskState.succeeded.value)
+                & tasks.c.then.is_not(None)
+                & (tasks.c.finished_at >= since)
+            )
+            .order_by(tasks.c.finished_at)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
         return [task_from_row(r) for r in rows]
 
     async def delete(self, task_id: uuid.UUID) -> None:
@@ -145,7 +234,24 @@ async def record_in(tx: Tx, event: Event, *, relayed_at: datetime | None = None)
         return updated
     await write_task(tx, current, updated)
     await append_event(tx, event, relayed_at=relayed_at)
+    if needs_new_work(event):
+        await forget_work_sent(tx, [event.task_id])
     return updated
+
+
+def needs_new_work(event: Event) -> bool:
+    """A retry, or a backoff whose worker acked the failed attempt's message: over NATS the
+    next attempt needs a work message of its own (``bus/nats/scheduler.py`` sends it)."""
+    return isinstance(event, TaskRetried) or (
+        isinstance(event, TaskRequeued) and event.not_before is not None
+    )
+
+
+async def forget_work_sent(tx: Tx, task_ids: Sequence[uuid.UUID]) -> None:
+    if task_ids:
+        await tx.conn.execute(
+            sa.update(tasks).where(tasks.c.id.in_(list(task_ids))).values(work_sent_at=None)
+        )
 
 
 async def write_task(tx: Tx, before: Task | None, after: Task) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -61,6 +61,7 @@ class SqlWorkQueue:
         self.db: Database = store.db
         self.waker = waker
         self.lease = timedelta(seconds=lease_seconds)
+        self._next_due: datetime | None = None
 
     async def register(self, worker: WorkerIdentity) -> None:
         await self.store.register_worker(worker, utcnow())
@@ -92,9 +93,30 @@ class SqlWorkQueue:
                 ],
             )
         self.waker.found_work(bool(claimed))
+        if len(claimed) < limit:
+            self._next_due = await self._next_scheduled(worker, now)
         return claimed
 
+    async def _next_scheduled(self, worker: WorkerIdentity, now: datetime) -> datetime | None:
+        """When the earliest scheduled task of these flows becomes claimable (None: none)."""
+        query = sa.select(sa.func.min(tasks.c.not_before)).where(
+            (tasks.c.state == TaskState.queued.value)
+            & tasks.c.flow.in_(worker.flows)
+            & (tasks.c.not_before > now)
+        )
+        if worker.owner is not None:
+            query = query.where(tasks.c.owner == worker.owner)
+        async with self.db.read() as conn:
+            value = (await conn.execute(query)).scalar()
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # MIN() of a column loses its type on some drivers
+        return value
+
     async def wait_for_work(self, max_wait: float) -> None:
+        """Until woken, ``max_wait``, or the next scheduled task is due, whichever first."""
+        if self._next_due is not None:
+            due_in = (self._next_due - utcnow()).total_seconds()
+            max_wait = max(0.0, min(max_wait, due_in + 0.01))
         await self.waker.wait(max_wait)
 
     async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
@@ -116,7 +138,9 @@ class SqlWorkQueue:
             )
         return Heartbeat(cancel_requested=bool(cancel))
 
-    async def report(self, worker: WorkerIdentity, event: TaskProgress | TaskDone) -> None:
+    async def report(
+        self, worker: WorkerIdentity, event: TaskProgress | TaskDone | TaskRequeued
+    ) -> None:
         try:
             async with self.db.write() as tx:
                 await record_in(tx, event)
@@ -191,9 +215,14 @@ class SqlWorkQueue:
         return len(rows)
 
 
-def _pick(worker: WorkerIdentity, limit: int) -> sa.Select[Any]:
+def _due(now: datetime) -> Any:
+    """Claimable now: not scheduled, or scheduled (``run_at``, a retry's backoff) for now."""
+    return tasks.c.not_before.is_(None) | (tasks.c.not_before <= now)
+
+
+def _pick(worker: WorkerIdentity, limit: int, now: datetime) -> sa.Select[Any]:
     query = sa.select(tasks.c.id).where(
-        (tasks.c.state == TaskState.queued.value) & tasks.c.flow.in_(worker.flows)
+        (tasks.c.state == TaskState.queued.value) & tasks.c.flow.in_(worker.flows) & _due(now)
     )
     if worker.owner is not None:
         query = query.where(tasks.c.owner == worker.owner)
@@ -213,6 +242,7 @@ def _claim_values(worker: WorkerIdentity, now: datetime, deadline: datetime) -> 
         "claimed_at": now,
         "progress": 0.0,
         "message": "",
+        "not_before": None,
         "updated_at": now,
     }
 
@@ -224,7 +254,7 @@ def _ordered(claimed: list[Task]) -> list[Task]:
 async def _claim_update_returning(
     tx: Tx, worker: WorkerIdentity, limit: int, now: datetime, deadline: datetime
 ) -> list[Task]:
-    picked = _pick(worker, limit).cte("picked")
+    picked = _pick(worker, limit, now).cte("picked")
     stmt = (
         sa.update(tasks)
         .where(tasks.c.id == picked.c.id)
@@ -238,7 +268,7 @@ async def _claim_update_returning(
 async def _claim_select_then_update(
     tx: Tx, worker: WorkerIdentity, limit: int, now: datetime, deadline: datetime
 ) -> list[Task]:
-    ids = list((await tx.conn.execute(_pick(worker, limit))).scalars())
+    ids = list((await tx.conn.execute(_pick(worker, limit, now))).scalars())
     if not ids:
         return []
     await tx.conn.execute(

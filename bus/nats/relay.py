@@ -6,7 +6,8 @@ again, and JetStream drops the duplicate. A ``task.created`` whose task is still
 queued also sends the task's work (inputs uploaded first), and so does a
 ``task.retried`` whose attempt the task still waits for (its work message has
 the retry's attempt base, so attempts of a leftover message of an earlier
-attempt are all stale, see ``core.task.retry_event``). A NATS outage stops
+attempt are all stale, see ``core.task.retry_event``). A task scheduled for
+later (``not_before``) gets its work from the scheduler when due. A NATS outage stops
 the relay, which backs off and retries: events wait in the database, none is
 lost.
 
@@ -104,7 +105,11 @@ class OutboxRelay:
         batch: int = 500,
         poll_interval: float = 1.0,
         concurrency: int = 64,
+        send_work: bool = True,
     ) -> None:
+        """``send_work`` False: events only; work goes out by priority from
+        ``bus/nats/scheduler.py`` (``nats_dispatch: priority``)."""
+        self.send_work = send_work
         self.outbox = outbox
         self.broker = broker
         self.dispatcher = dispatcher
@@ -169,11 +174,14 @@ class OutboxRelay:
             for item in chain:
                 try:
                     await publish_event(self.broker, item)
-                    if item.type == "task.created" and item.task_state == "queued":
+                    if not self.send_work:
+                        pass  # work goes out by priority from bus/nats/scheduler.py
+                    elif item.type == "task.created" and item.task_state == "queued":
                         created = item.event()
                         assert isinstance(created, TaskCreated)
-                        await self._send_work(created)
-                        woken.add((item.owner, item.flow))
+                        if created.not_before is None:  # scheduled: bus/nats/scheduler.py
+                            await self._send_work(created)
+                            woken.add((item.owner, item.flow))
                     elif (
                         item.type == "task.retried"
                         and item.task_state == "queued"

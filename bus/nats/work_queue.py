@@ -310,6 +310,7 @@ class NatsWorkQueue:
             state=TaskState.running,
             attempt=attempt,
             max_attempts=created.max_attempts,
+            timeout_seconds=created.timeout_seconds,
             worker_id=worker.id,
             lease_expires_at=lease,
             created_at=created.at,
@@ -407,12 +408,16 @@ class NatsWorkQueue:
             log.debug("no lease answer for %s: %s", task.id, exc)
             return None
 
-    async def report(self, worker: WorkerIdentity, event: TaskProgress | TaskDone) -> None:
+    async def report(
+        self, worker: WorkerIdentity, event: TaskProgress | TaskDone | TaskRequeued
+    ) -> None:
+        """A result or a retry's requeue is published, then its message acked: a retry's
+        next attempt is new work the server sends when its backoff is over."""
         if isinstance(event, TaskProgress):
             await self._publish(event, worker, wait=False)  # best effort, like its throttling
             return
         await self._publish(event, worker)
-        if isinstance(event, TaskDone):
+        if isinstance(event, TaskDone | TaskRequeued):
             held = self._held.pop(event.task_id, None)
             if held is not None:
                 try:

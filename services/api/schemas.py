@@ -10,7 +10,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from pydantic_core import PydanticCustomError
 
-from core.events import FileRef
+from core.events import ChainStep, FileRef
 from core.task import Task, TaskState
 
 
@@ -53,10 +53,28 @@ class TaskOut(BaseModel):
     not_before: datetime | None = Field(
         default=None, description="queued but not claimed before this time (run_at, backoff)"
     )
+    interrupted_at: datetime | None = Field(
+        default=None, description="when its client left a create-and-wait (cancel_on_disconnect)"
+    )
+    interrupted_stage: str | None = Field(
+        default=None, description="what the task was doing then: state, attempt, progress"
+    )
+    timeout_seconds: float | None = Field(
+        default=None, description="this task's limit per attempt (None: the flow's, if any)"
+    )
+    parent_id: uuid.UUID | None = Field(
+        default=None, description="the task whose success created this one (a chain)"
+    )
+    then: list[ChainStep] = Field(default_factory=list, description="follow-ups still to come")
+    children: list[uuid.UUID] = Field(
+        default_factory=list,
+        description="tasks this one's success created (filled by GET /api/tasks/{id})",
+    )
 
     @classmethod
     def of(cls, task: Task) -> TaskOut:
-        data = task.model_dump(exclude={"inputs", "outputs", "lease_expires_at"})
+        data = task.model_dump(exclude={"inputs", "outputs", "lease_expires_at", "then"})
+        data["then"] = list(task.then)
         return cls(
             **data,
             inputs=[_input(task.id, f) for f in task.inputs],
@@ -99,6 +117,18 @@ Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
 """An integer as JSON Schema means it: ``3`` and ``3.0`` are integers; ``true``, ``"3"``,
 ``"٣"`` and ``3.5`` are not (pydantic's lax int takes the first three, strict refuses 3.0)."""
 
+
+def _number_not_text(value: Any) -> Any:
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError(
+            "float_type", "Input should be a number (a JSON number, not text or a boolean)"
+        )
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number_not_text)]
+"""A JSON number, not ``"5"`` or ``true``."""
+
 MAX_INT = 2**31 - 1
 """Upper bound of every integer query or path value: past 2^63 the database driver fails."""
 
@@ -139,9 +169,49 @@ class CreateTask(BaseModel):
     run_at: AwareTime | None = Field(
         default=None, description="ISO 8601 time before which the task is not claimed"
     )
-    delay_seconds: float | None = Field(
+    delay_seconds: Number | None = Field(
         default=None, ge=0, le=366 * 24 * 3600, description="run_at as seconds from now"
     )
+    idempotency_key: StrictStr | None = Field(
+        default=None,
+        description="as the Idempotency-Key header: a repeat returns the first task (200)",
+    )
+    timeout_seconds: Number | None = Field(
+        default=None,
+        gt=0,
+        le=366 * 24 * 3600,
+        description="an attempt running longer fails 'timed out after N s' (None: the flow's)",
+    )
+    then: list[ChainStep] = Field(
+        default_factory=list,
+        max_length=20,
+        description="follow-ups [{flow, params, priority, then}] created when this succeeds, "
+        "its outputs their inputs",
+    )
+
+
+class CreateBatch(BaseModel):
+    """``POST /api/tasks/batch``: a list of task specs, or ``count`` copies of one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[CreateTask] | None = Field(default=None, min_length=1)
+    task: CreateTask | None = Field(default=None, description="with count: the one spec")
+    count: Integer | None = Field(default=None, ge=1, description="copies of task")
+
+
+class BatchOut(BaseModel):
+    ids: list[uuid.UUID]
+    items: list[TaskOut]
+
+
+class PruneOut(BaseModel):
+    """What ``POST /api/tasks/prune`` removed (or, with ``dry_run``, would remove)."""
+
+    dry_run: bool
+    tasks: int
+    deliveries: int
+    events: int
 
 
 class UpdateTask(BaseModel):

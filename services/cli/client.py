@@ -305,6 +305,17 @@ class ApiClient:
         """Queue a failed or cancelled task again (a new attempt of the same task)."""
         return _json(await self._request("POST", f"{_task_path(task_id)}/retry"))
 
+    async def prune_tasks(
+        self, older_than_days: float, *, dry_run: bool = False, events: bool = False
+    ) -> dict[str, Any]:
+        """Admins: remove finished tasks older than the age (``dry_run``: count only)."""
+        params = {
+            "older_than_days": str(older_than_days),
+            "dry_run": str(dry_run).lower(),
+            "events": str(events).lower(),
+        }
+        return _json(await self._request("POST", "/api/tasks/prune", params=params))
+
     async def set_priority(self, task_id: str, priority: int) -> dict[str, Any]:
         """Change a queued task's priority."""
         body = {"priority": priority}
@@ -318,19 +329,36 @@ class ApiClient:
         priority: int | None = None,
         owner: str | None = None,
         inputs: Sequence[Upload] = (),
+        extra: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Submit a task: JSON without files, multipart (files streamed from disk) with them."""
+        """Submit a task: JSON without files, multipart (files streamed from disk) with them.
+
+        ``extra``: more create fields (``run_at``, ``delay_seconds``, ``max_attempts``…);
+        None values are left out. ``query``: e.g. ``wait`` and ``cancel_on_disconnect``
+        (no read timeout then: the server answers when the task ends or the wait is over).
+        """
+        options: dict[str, Any] = {}
+        if query:
+            options = {"params": dict(query), "timeout": httpx.Timeout(30.0, read=None)}
+        more = {k: v for k, v in (extra or {}).items() if v is not None}
         if not inputs:
             body = {"flow": flow, "params": dict(params or {})}
             body |= {k: v for k, v in (("priority", priority), ("owner", owner)) if v is not None}
-            return _json(await self._request("POST", "/api/tasks", json=body))
+            return _json(await self._request("POST", "/api/tasks", json=body | more, **options))
         data = {"flow": flow, "params": json.dumps(dict(params or {}), allow_nan=False)}
         if priority is not None:
             data["priority"] = str(priority)
         if owner is not None:
             data["owner"] = owner
+        data |= {k: str(v) for k, v in more.items()}
         files = [("inputs", (name, handle, media_type)) for name, handle, media_type in inputs]
-        return _json(await self._request("POST", "/api/tasks", data=data, files=files))
+        return _json(await self._request("POST", "/api/tasks", data=data, files=files, **options))
+
+    async def create_batch(self, spec: Mapping[str, Any], count: int) -> dict[str, Any]:
+        """``count`` copies of one JSON task spec, in one request and one transaction."""
+        body = {"task": dict(spec), "count": count}
+        return _json(await self._request("POST", "/api/tasks/batch", json=body))
 
     # -- webhooks --------------------------------------------------------
 

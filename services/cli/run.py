@@ -8,6 +8,7 @@ against anything the stream drops (a server restart, a missed subscription).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mimetypes
 import os
@@ -40,6 +41,8 @@ RECONNECT_MAX_SECONDS = 10.0
 RECONNECT_ATTEMPTS = 12  # consecutive failures before giving up (about 1.5 minutes)
 SETTLE_ATTEMPTS = 10  # re-reads after task.done until the task shows it
 SETTLE_SECONDS = 0.3
+HELD_WAIT_SECONDS = 60
+"""--cancel-on-exit: how long the create request is held (then followed as usual)."""
 
 
 # -- parameters ----------------------------------------------------------
@@ -170,26 +173,97 @@ def run_command(
         Path,
         typer.Option("--out", "-o", metavar="DIR", help="Where --wait writes the outputs."),
     ] = Path("."),
+    run_at: Annotated[
+        str | None,
+        typer.Option("--at", metavar="TIME", help="Run at this ISO 8601 time, not before."),
+    ] = None,
+    run_in: Annotated[
+        str | None,
+        typer.Option("--in", metavar="DELAY", help="Run after this delay: 90, 30s, 5m, 2h, 1d."),
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option("--max-attempts", min=1, max=100, help="Attempts the task gets."),
+    ] = None,
+    timeout_seconds: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.001, metavar="SECONDS", help="Fail an attempt after this."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Submitting again with this key returns the first task, not a new one.",
+        ),
+    ] = None,
+    count: Annotated[
+        int,
+        typer.Option("--count", "-n", min=1, help="Create this many copies, in one request."),
+    ] = 1,
+    cancel_on_exit: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-on-exit",
+            help="With --wait: cancel the task if this command stops before it ends "
+            "(Ctrl-C, or the connection drops).",
+        ),
+    ] = False,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
     """Submit a task to a flow; with --wait follow it and download its outputs."""
     params = build_params(params_json, param or ())
+    extra: dict[str, Any] = {
+        "max_attempts": max_attempts,
+        "idempotency_key": idempotency_key,
+        "timeout_seconds": timeout_seconds,
+    }
+    if run_at is not None and run_in is not None:
+        raise InvalidInput("give --at or --in, not both", field="--at")
+    if run_at is not None:
+        extra["run_at"] = run_at
+    if run_in is not None:
+        extra["delay_seconds"] = parse_delay(run_in)
+    if cancel_on_exit and not wait:
+        raise InvalidInput("--cancel-on-exit needs --wait", field="--cancel-on-exit")
+    if count > 1:
+        if inputs:
+            raise InvalidInput("--count works without input files", field="--count")
+        _submit_copies(server, token, user, flow, params, priority, owner, extra, count, wait)
+        return
+    # the server cancels the task if this connection drops before the answer
+    query = {"wait": str(HELD_WAIT_SECONDS), "cancel_on_disconnect": "true"}
     with ExitStack() as stack:
         uploads = open_inputs(inputs or (), stack)
         if wait:
             _make_folder(out)
         auth = resolve_auth(server, token, user)  # once: a password prompt comes at most once
-        task = asyncio.run(_submit(server, auth, flow, params, priority, owner, uploads))
+        held = query if cancel_on_exit else None
+        try:
+            task = asyncio.run(
+                _submit(server, auth, flow, params, priority, owner, uploads, extra, held)
+            )
+        except KeyboardInterrupt:
+            if held is None:
+                raise
+            err_console.print("stopped; the server cancels the task (--cancel-on-exit)")
+            raise typer.Exit(130) from None
     task_id = str(task["id"])
     if not wait:
         console.print(Text.assemble(task_id, " ", state_text(str(task["state"]))))
         return
     console.print(task_id, markup=False)
     try:
-        final = asyncio.run(_wait(server, auth, task_id))
+        final = (
+            task if task["state"] in FINISHED_STATES else asyncio.run(_wait(server, auth, task_id))
+        )
     except KeyboardInterrupt:
+        if cancel_on_exit:
+            asyncio.run(_cancel(server, auth, task_id))
+            err_console.print(Text(f"stopped waiting; task {task_id} was cancelled"))
+            raise typer.Exit(130) from None
         implied = server in (DEFAULT_SERVER, os.environ.get(SERVER_ENVVAR))
         hint = "" if implied else f" --server {server}"
         err_console.print(
@@ -220,9 +294,67 @@ async def _submit(
     priority: int | None,
     owner: str | None,
     uploads: Sequence[Upload],
+    extra: Mapping[str, Any] | None = None,
+    query: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     async with ApiClient(server, auth=auth) as api:
-        return await api.create_task(flow, params, priority=priority, owner=owner, inputs=uploads)
+        return await api.create_task(
+            flow, params, priority=priority, owner=owner, inputs=uploads, extra=extra, query=query
+        )
+
+
+def _submit_copies(
+    server: str,
+    token: str | None,
+    user: str | None,
+    flow: str,
+    params: Mapping[str, Any],
+    priority: int | None,
+    owner: str | None,
+    extra: Mapping[str, Any],
+    count: int,
+    wait: bool,
+) -> None:
+    """``--count N``: one batch request; prints every id (one per line)."""
+    if wait:
+        raise InvalidInput("--count works without --wait (follow each id instead)", field="--count")
+    spec = {"flow": flow, "params": dict(params)}
+    spec |= {k: v for k, v in (("priority", priority), ("owner", owner)) if v is not None}
+    spec |= {k: v for k, v in extra.items() if v is not None}
+    auth = resolve_auth(server, token, user)
+
+    async def send() -> dict[str, Any]:
+        async with ApiClient(server, auth=auth) as api:
+            return await api.create_batch(spec, count)
+
+    answer = asyncio.run(send())
+    for item in answer["items"]:
+        console.print(Text.assemble(str(item["id"]), " ", state_text(str(item["state"]))))
+
+
+async def _cancel(server: str, auth: httpx.Auth | None, task_id: str) -> None:
+    async with ApiClient(server, auth=auth) as api:
+        with contextlib.suppress(FlowyardError):  # finished meanwhile: nothing to cancel
+            await api.cancel_task(task_id)
+
+
+_DELAY_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_delay(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``2h``, ``1d`` to seconds; ``--in`` names the error."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DELAY_UNITS and raw[-1:] else ""
+    number = raw[: len(raw) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not number or value < 0 or value != value or value == float("inf"):
+        raise InvalidInput(
+            f"--in {text!r} is not a delay: use seconds (90) or 30s, 5m, 2h, 1d", field="--in"
+        )
+    return value * _DELAY_UNITS[unit]
 
 
 def _finish(

@@ -182,6 +182,37 @@ def set_priority(
     console.print(f"{task.get('id', task_id)} priority {task.get('priority')}")
 
 
+@tasks_app.command("prune")
+def prune_tasks(
+    older_than: Annotated[
+        float,
+        typer.Option("--older-than", metavar="DAYS", min=0, help="Finished more than DAYS ago."),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would go; remove nothing.")
+    ] = False,
+    events: Annotated[
+        bool, typer.Option("--events", help="Also remove the events of the removed tasks.")
+    ] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
+    """Admins: remove finished tasks, their files and webhook deliveries older than DAYS."""
+    auth = resolve_auth(server, token, user)
+
+    async def call() -> dict[str, Any]:
+        async with ApiClient(server, auth=auth) as api:
+            return await api.prune_tasks(older_than, dry_run=dry_run, events=events)
+
+    done = asyncio.run(call())
+    verb = "would remove" if done["dry_run"] else "removed"
+    console.print(
+        f"{verb} {done['tasks']} tasks, {done['deliveries']} webhook deliveries, "
+        f"{done['events']} events"
+    )
+
+
 async def _list(
     server: str,
     auth: httpx.Auth | None,

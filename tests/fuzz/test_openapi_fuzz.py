@@ -47,7 +47,13 @@ schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG).exclude(path="/
 # must be installed and its params fit it; a webhook's host must resolve to a public
 # address; a password must not be guessable (core.identity.check_password).
 SEMANTIC = frozenset(
-    {"POST /api/tasks", "POST /api/webhooks", "POST /api/users", "PATCH /api/users/{name}"}
+    {
+        "POST /api/tasks",
+        "POST /api/tasks/batch",
+        "POST /api/webhooks",
+        "POST /api/users",
+        "PATCH /api/users/{name}",
+    }
 )
 
 

@@ -1,0 +1,157 @@
+"""Chains: when a task with follow-ups (``then``) succeeds, create them, its outputs their inputs.
+
+Every transport ends a task by recording ``task.done``; this runs where those
+commits are seen (default mode: the commit listener; server mode: the event
+tailer, which also sees database and NATS workers' results), plus a sweep at
+start for what a stopped server missed. Children get ids derived from the
+parent's (``uuid5(parent, "then/<index>")``), so two servers, a sweep and a
+listener may all try: the second ``task.created`` of the same task changes
+nothing. A child's ``task.created`` carries ``parent_id``; the parent's children
+are the tasks that name it.
+
+A parent's outputs become the child's inputs by name first, then in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import aiofiles
+
+from adapters.files.local import LocalFileStore
+from adapters.sql.task_store import SqlTaskStore
+from core.errors import FlowNotFound, FlowyardError, TaskNotFound
+from core.events import ChainStep, Event, FileRef, TaskCreated, TaskDone, utcnow
+from core.flow import Flow, InputSpec
+from core.task import Task, TaskState
+from flows.registry import FlowRegistry
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+def child_id(parent: uuid.UUID, index: int) -> uuid.UUID:
+    return uuid.uuid5(parent, f"then/{index}")
+
+
+def pair_outputs(
+    outputs: Sequence[FileRef], inputs: Sequence[InputSpec]
+) -> list[tuple[InputSpec, FileRef]]:
+    """Which parent output feeds which child input: the same name, else the next in order."""
+    left = list(outputs)
+    pairs = []
+    for spec in inputs:
+        match = next((ref for ref in left if ref.name == spec.name), None)
+        if match is None and left:
+            match = left[0]
+        if match is None:
+            break
+        left.remove(match)
+        pairs.append((spec, match))
+    return pairs
+
+
+class Chainer:
+    def __init__(
+        self,
+        store: SqlTaskStore,
+        files: LocalFileStore,
+        flows: FlowRegistry,
+        *,
+        max_attempts: int,
+        max_upload_bytes: int,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.flows = flows
+        self.max_attempts = max_attempts
+        self.max_upload_bytes = max_upload_bytes
+        self._jobs: set[asyncio.Task[object]] = set()
+
+    def notice(self, events: Sequence[Event]) -> None:
+        """Commit listener: a success may have follow-ups to create (the work runs later)."""
+        for event in events:
+            if isinstance(event, TaskDone) and event.status == "succeeded":
+                job = asyncio.get_running_loop().create_task(self._spawn_logged(event.task_id))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+
+    async def _spawn_logged(self, parent_id: uuid.UUID) -> None:
+        try:
+            await self.spawn(parent_id)
+        except FlowyardError as exc:
+            log.warning("follow-ups of task %s not created yet: %s", parent_id, exc.message)
+        except Exception:  # the sweep at the next start tries again
+            log.exception("follow-ups of task %s failed", parent_id)
+
+    async def sweep(self, within: timedelta = timedelta(days=1)) -> int:
+        """Create the follow-ups of recent successes that have none yet."""
+        made = 0
+        for parent in await self.store.chain_parents(utcnow() - within):
+            made += len(await self.spawn(parent.id))
+        return made
+
+    async def spawn(self, parent_id: uuid.UUID) -> list[Task]:
+        """The follow-ups of a succeeded task, created once whoever calls."""
+        parent = await self.store.get(parent_id)
+        if parent.state is not TaskState.succeeded or not parent.then:
+            return []
+        made = []
+        for index, step in enumerate(parent.then):
+            task_id = child_id(parent.id, index)
+            try:
+                await self.store.get(task_id)
+                continue  # made already
+            except TaskNotFound:
+                pass
+            made.append(await self._create(parent, step, task_id))
+        return made
+
+    async def _create(self, parent: Task, step: ChainStep, task_id: uuid.UUID) -> Task:
+        try:
+            flow_cls: type[Flow] | None = self.flows.get(step.flow)
+        except FlowNotFound:
+            flow_cls = None  # removed since: the child fails on a worker, visibly
+        refs: list[FileRef] = []
+        await self.files.ensure_task_dir(task_id)
+        for spec, ref in pair_outputs(parent.outputs, flow_cls.inputs if flow_cls else ()):
+            path, _ = self.files.output_path(parent, ref.name)
+            refs.append(
+                await self.files.save_input(
+                    task_id,
+                    input_name=spec.name,
+                    filename=ref.name,
+                    chunks=_read(path),
+                    limit=self.max_upload_bytes,
+                )
+            )
+        event = TaskCreated(
+            task_id=task_id,
+            flow=step.flow,
+            owner=parent.owner,
+            params=step.params,
+            inputs=tuple(refs),
+            priority=step.priority,
+            max_attempts=(flow_cls.max_attempts if flow_cls else None) or self.max_attempts,
+            parent_id=parent.id,
+            then=step.then,
+        )
+        task = await self.store.record(event)
+        log.info("task %s succeeded: created its follow-up %s (%s)", parent.id, task.id, step.flow)
+        return task
+
+    async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+
+
+async def _read(path: object) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as fh:  # type: ignore[call-overload]
+        while chunk := await fh.read(CHUNK):
+            yield chunk

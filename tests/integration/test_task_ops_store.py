@@ -1,0 +1,149 @@
+"""Task operations in the SQL store, on SQLite, PostgreSQL and MariaDB: keys, chains, due work."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.sql.projection import SqlProjection
+from adapters.sql.retention import SqlRetention
+from adapters.sql.schema import webhook_deliveries
+from adapters.sql.task_store import SqlTaskStore
+from core.errors import Conflict
+from core.events import TaskClaimed, TaskCreated, TaskDone, utcnow
+from tests.support.task_db import open_store
+
+WINDOW = timedelta(hours=1)
+
+
+@pytest.fixture
+async def store(db_uri: str) -> AsyncIterator[SqlTaskStore]:
+    async with open_store(db_uri) as opened:
+        yield opened
+
+
+def created(owner: str = "admin", **kw: object) -> TaskCreated:
+    return TaskCreated(task_id=uuid.uuid4(), flow="debug.sleep", owner=owner, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_key_is_unique_per_owner_and_within_its_window(store: SqlTaskStore) -> None:
+    first, fresh = await store.record_keyed(created(), "k1", "h", WINDOW)
+    assert fresh
+    same, fresh = await store.record_keyed(created(), "k1", "h", WINDOW)
+    assert (same.id, fresh) == (first.id, False)
+    with pytest.raises(Conflict, match="different request"):
+        await store.record_keyed(created(), "k1", "other", WINDOW)
+    theirs, fresh = await store.record_keyed(created(owner="alice"), "k1", "h", WINDOW)
+    assert fresh
+    assert theirs.id != first.id
+    # past the window the key belongs to the next task
+    later = created(at=utcnow() + 2 * WINDOW)
+    renewed, fresh = await store.record_keyed(later, "k1", "other", WINDOW)
+    assert fresh
+    assert renewed.id == later.task_id
+    # a deleted original frees its key at once
+    await store.delete(renewed.id)
+    replaced, fresh = await store.record_keyed(created(), "k1", "h", WINDOW)
+    assert fresh
+    assert replaced.id != renewed.id
+
+
+async def test_chain_parents_and_children(store: SqlTaskStore) -> None:
+    plain = await store.record(created())
+    chained = await store.record(created(then=[{"flow": "debug.sleep"}]))
+    for task in (plain, chained):
+        await store.record(
+            TaskClaimed(
+                task_id=task.id, flow=task.flow, attempt=1, worker_id="w", lease_expires_at=utcnow()
+            )
+        )
+        await store.record(
+            TaskDone(task_id=task.id, flow=task.flow, attempt=1, status="succeeded", worker_id="w")
+        )
+    parents = await store.chain_parents(utcnow() - timedelta(minutes=1))
+    assert [p.id for p in parents] == [chained.id]
+    assert parents[0].then[0].flow == "debug.sleep"
+    child = await store.record(created(parent_id=chained.id))
+    assert await store.children(chained.id) == [child.id]
+    assert await store.children(plain.id) == []
+
+
+async def test_due_work_for_the_nats_scheduler(store: SqlTaskStore) -> None:
+    now = utcnow()
+    sent = {"relayed_at": now}
+    soon = await store.record(created(not_before=now + timedelta(seconds=30)), **sent)
+    due = await store.record(created(not_before=now - timedelta(seconds=1), priority=5), **sent)
+    plain = await store.record(created(), **sent)  # not scheduled: the relay sends its work
+    projection = SqlProjection(store.db)
+    assert [t.id for t in await projection.due(now, now - timedelta(minutes=10))] == [due.id]
+    assert await projection.next_due(now) == soon.not_before
+    waiting = {t.id for t in await projection.queued(now + timedelta(seconds=1))}
+    assert waiting == {due.id, plain.id}  # the reconciler leaves not-yet-due work alone
+
+
+async def finished_at(store: SqlTaskStore, when: datetime, state: str = "succeeded") -> uuid.UUID:
+    task = await store.record(created(at=when))
+    await store.record(
+        TaskClaimed(
+            task_id=task.id,
+            flow=task.flow,
+            attempt=1,
+            worker_id="w",
+            lease_expires_at=when,
+            at=when,
+        )
+    )
+    await store.record(
+        TaskDone(task_id=task.id, flow=task.flow, attempt=1, status=state, at=when, worker_id="w")  # type: ignore[arg-type]
+    )
+    async with store.db.write() as tx:
+        await tx.conn.execute(
+            sa.insert(webhook_deliveries).values(
+                webhook_id=uuid.uuid4(),
+                event_id=uuid.uuid4(),
+                event_type="task.done",
+                task_id=task.id,
+                body="{}",
+                status="delivered",
+                attempts=1,
+                next_attempt_at=when,
+                created_at=when,
+            )
+        )
+    return task.id
+
+
+async def test_retention_removes_old_finished_tasks_in_batches(store: SqlTaskStore) -> None:
+    now = utcnow()
+    old = [await finished_at(store, now - timedelta(days=40)) for _ in range(5)]
+    old.append(await finished_at(store, now - timedelta(days=40), "failed"))
+    recent = await finished_at(store, now - timedelta(days=1))
+    waiting = await store.record(created(at=now - timedelta(days=90)))  # queued: never pruned
+    retention = SqlRetention(store.db)
+    before = now - timedelta(days=30)
+    dry = await retention.prune_tasks(before, batch=100, dry_run=True)
+    assert (sorted(dry.tasks), dry.deliveries) == (sorted(old), 6)
+    assert len(await store.list(limit=100)) == 8  # a dry run removes nothing
+    first, second = await asyncio.gather(
+        retention.prune_tasks(before, batch=4), retention.prune_tasks(before, batch=4)
+    )
+    rest = await retention.prune_tasks(before, batch=4)
+    removed = first.tasks + second.tasks + rest.tasks
+    assert sorted(removed) == sorted(old)  # each exactly once, whoever took it
+    assert first.deliveries + second.deliveries + rest.deliveries == 6
+    left = {t.id for t in await store.list(limit=100)}
+    assert left == {recent, waiting.id}
+    async with store.db.read() as conn:
+        rows = await conn.scalar(sa.select(sa.func.count()).select_from(webhook_deliveries))
+    assert rows == 1
+    # events: only those of removed tasks, and only with their own cutoff
+    assert (await retention.prune_events(now - timedelta(days=50))).events == 0
+    pruned = await retention.prune_events(before)
+    assert pruned.events == 6 * 3
+    assert await store.events(old[0]) == []
+    assert len(await store.events(waiting.id)) == 1  # a live task keeps its log
