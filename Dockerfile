@@ -25,7 +25,7 @@ COPY bus ./bus
 COPY adapters ./adapters
 COPY services ./services
 COPY flows ./flows
-RUN pip install '.[flows]'
+RUN pip install '.[flows,text]'
 
 RUN useradd --create-home --uid 10001 flowyard \
     && mkdir -p /var/lib/flowyard/tasks /var/lib/flowyard/data /etc/nats/auth \

@@ -31,8 +31,8 @@ def test_dockerfile_installs_as_the_readme_says() -> None:
     assert len(pins(readme)) == 1, f"the README pins torch once: {pins(readme)}"
     assert pins(dockerfile) == pins(readme) == pins(ci)
     quick_start, tests = extras(readme)[:2]
-    assert quick_start == {"flows"}
-    assert tests == {"flows", "test"}
+    assert quick_start == {"flows", "text"}
+    assert tests == {"flows", "text", "test"}
     assert extras(dockerfile) == [quick_start]
     assert extras(ci) == [tests]
     steps = run_lines(dockerfile)
