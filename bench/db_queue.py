@@ -1,20 +1,40 @@
-"""Database queue benchmark: flowyard's own workers against a bare SKIP LOCKED loop.
+"""Database queue benchmark: flowyard's workers, PgQueuer and a bare SKIP LOCKED loop.
 
     .venv/bin/python bench/db_queue.py [--tasks 2000] [--workers 4] [--concurrency 4]
-                                       [--repeat 3] [--db postgresql://…]
+                                       [--repeat 3] [--samples 40] [--db postgresql://…]
+                                       [--no-peer]
 
 On one PostgreSQL database (an embedded throwaway cluster unless ``--db`` names
-one), it drains ``--tasks`` no-op ``debug.sleep`` tasks (seconds=0) through
-``--workers`` real ``flowyard worker --db`` processes, then the same number of
-rows through as many processes running a bare loop written with psycopg (one
-``WITH … FOR UPDATE SKIP LOCKED … UPDATE … RETURNING`` claim of up to
-``--concurrency`` rows, then one ``UPDATE`` per row to finish it; no events,
-no files, no threads). Each drain starts when one transaction commits all of
-its tasks and ends when none is left; the figure is the median of
-``--repeat`` drains. With the workers idle it also times create-to-claim
-(``claimed_at - created_at`` of tasks created one at a time, as the server
-does: the claim comes from the LISTEN/NOTIFY wake-up). The last line is
-``ratio 0.xx``: project throughput over bare throughput.
+one), each round drains ``--tasks`` no-op jobs three ways, one after the other
+so a change in machine load hits all three; the figures are medians of
+``--repeat`` rounds:
+
+- flowyard: ``debug.sleep`` tasks (seconds=0) through ``--workers`` real
+  ``flowyard worker --db`` processes with ``--concurrency`` slots each;
+- PgQueuer, the peer a user would pick instead (``bench/peers/pgqueuer_peer.py``,
+  run under ``bench/.venv-peers``, made from ``bench/requirements-peers.txt``
+  on first use): ``--workers`` processes, each a ``QueueManager`` on one asyncpg
+  connection with a no-op entrypoint and ``batch_size=--concurrency``;
+- a bare loop written with psycopg in as many processes (one ``WITH … FOR
+  UPDATE SKIP LOCKED … UPDATE … RETURNING`` claim of up to ``--concurrency``
+  rows, then one ``UPDATE`` per row to finish it; no events, no files, no
+  threads).
+
+Each drain starts when one transaction (one statement for PgQueuer) has
+committed all of its jobs and ends when none is left unfinished. CPU per task
+is that of the worker processes ("clients") and of PostgreSQL during the drain
+(the whole embedded cluster, background processes included; with ``--db``,
+the database's backends, same host only).
+
+With the workers idle, ``--samples`` jobs are also created one at a time, each
+after the previous one finished: create-to-claim (flowyard: ``claimed_at -
+created_at``, the claim coming from the LISTEN/NOTIFY wake-up; PgQueuer: the
+job's ``created`` to its entrypoint's first line; bare: one ``INSERT`` + ``NOTIFY``
+to a LISTENing bare worker's ``claimed_at``) and create-to-done (``finished_at``;
+PgQueuer: its ``pgqueuer_log`` row, which it writes in batches every 0.1 s).
+
+The last lines are ``ratio_to_bare X.XX`` and ``ratio_to_peer X.XX``: flowyard's
+throughput over the bare loop's and over PgQueuer's.
 """
 
 from __future__ import annotations
@@ -33,8 +53,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -43,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from adapters.sql.task_store import record_in  # noqa: E402
+from bench.peer_env import run_peer  # noqa: E402
 from core.events import TaskCreated  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
@@ -75,6 +97,14 @@ SELECT gen_random_uuid(), %(flow)s, 'admin', '{}', '[]', 0, 'queued', 0, 3, fals
 FROM generate_series(1, %(count)s)
 """
 UNFINISHED = "SELECT count(*) FROM tasks WHERE flow = %(flow)s AND state IN ('queued', 'running')"
+BARE_CHANNEL = "bench_bare"
+INSERT_ONE = """
+INSERT INTO tasks (id, flow, owner, params, inputs, priority, state, attempt, max_attempts,
+    cancel_requested, progress, message, outputs, created_at, updated_at)
+VALUES (%(id)s, %(flow)s, 'admin', '{}', '[]', 0, 'queued', 0, 3, false, 0, '', '[]',
+    clock_timestamp(), clock_timestamp())
+"""
+TIMES = "SELECT state, created_at, claimed_at, finished_at FROM tasks WHERE id = %(id)s"
 
 
 @contextmanager
@@ -86,6 +116,8 @@ def database(uri: str | None) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="flowyard-bench-") as tmp:
         cluster = PostgresCluster(Path(tmp) / "pg")
         cluster.start()
+        global POSTMASTER
+        POSTMASTER = cluster.pid
         try:
             cluster.create_database("bench")
             yield cluster.uri("bench")
@@ -133,9 +165,11 @@ async def commit_tasks(uri: str, created: list[TaskCreated]) -> float:
         return time.monotonic()  # the commit happened when write() exited
 
 
-async def claim_latencies(uri: str, files: Path, samples: int) -> list[float]:
-    """Create tasks one at a time on idle workers; seconds from created_at to claimed_at."""
-    latencies: list[float] = []
+async def claim_latencies(uri: str, files: Path, samples: int) -> tuple[list[float], list[float]]:
+    """Create tasks one at a time on idle workers; seconds from created_at to claimed_at
+    and to finished_at."""
+    to_claim: list[float] = []
+    to_done: list[float] = []
     async with open_store(uri, migrate=False) as store:
         for _ in range(samples):
             event = TaskCreated(
@@ -143,15 +177,17 @@ async def claim_latencies(uri: str, files: Path, samples: int) -> list[float]:
             )
             (files / str(event.task_id)).mkdir(parents=True)
             await store.record(event)
-            for _ in range(500):
+            for _ in range(1000):
                 task = await store.get(event.task_id)
-                if task.claimed_at is not None:
+                if task.finished_at is not None:
                     break
                 await asyncio.sleep(0.005)
-            assert task.claimed_at is not None, "a task was not claimed within 2.5 s"
-            latencies.append((task.claimed_at - task.created_at).total_seconds())
+            assert task.claimed_at is not None, "a task was not claimed within 5 s"
+            assert task.finished_at is not None, "a task was not finished within 5 s"
+            to_claim.append((task.claimed_at - task.created_at).total_seconds())
+            to_done.append((task.finished_at - task.created_at).total_seconds())
             await asyncio.sleep(0.25)  # the workers go idle again
-    return latencies
+    return to_claim, to_done
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -162,6 +198,31 @@ def cpu_seconds(pids: list[int]) -> float:
             times = psutil.Process(pid).cpu_times()
             total += times.user + times.system
     return total
+
+
+POSTMASTER: int | None = None
+"""The embedded cluster's postmaster, when the benchmark started one."""
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU of a server and all its children, the exited ones included (living ones read
+    directly, reaped ones in its ``children_*`` times)."""
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(pid)
+        times = parent.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in parent.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return total
+    return 0.0
+
+
+def database_cpu(backends: list[int]) -> float:
+    """PostgreSQL's CPU so far: all of the embedded cluster (every backend, the ones that
+    exit during the drain included), or with ``--db`` these backends of the database."""
+    return tree_cpu(POSTMASTER) if POSTMASTER is not None else cpu_seconds(backends)
 
 
 def postgres_pids(uri: str) -> list[int]:
@@ -184,10 +245,10 @@ class Drain:
 def drain_project(uri: str, files: Path, tasks: int, workers: list[int]) -> Drain:
     created = asyncio.run(prepare_tasks(files, tasks))
     backends = postgres_pids(uri)
-    before = cpu_seconds(workers), cpu_seconds(backends)
+    before = cpu_seconds(workers), database_cpu(backends)
     committed = asyncio.run(commit_tasks(uri, created))
     finished = wait_drained(uri, "debug.sleep", 300)
-    after = cpu_seconds(workers), cpu_seconds(backends)
+    after = cpu_seconds(workers), database_cpu(backends)
     return Drain(
         tasks / (finished - committed),
         (after[0] - before[0]) / tasks * 1000,
@@ -247,12 +308,12 @@ def drain_bare(uri: str, workers: int, concurrency: int, tasks: int) -> Drain:
             conn.execute(INSERT_BARE, {"flow": BARE_FLOW, "count": tasks})
             conn.commit()
         backends = postgres_pids(uri)
-        database_before = cpu_seconds(backends)
+        database_before = database_cpu(backends)
         committed = time.monotonic()
         go.set()
         finished = wait_drained(uri, BARE_FLOW, 300)
         client = sum(cpu.get(timeout=60) for _ in procs)
-        database = cpu_seconds(backends) - database_before
+        database = database_cpu(backends) - database_before
     finally:
         stop.set()
         for proc in procs:
@@ -260,6 +321,93 @@ def drain_bare(uri: str, workers: int, concurrency: int, tasks: int) -> Drain:
             if proc.is_alive():
                 proc.kill()
     return Drain(tasks / (finished - committed), client / tasks * 1000, database / tasks * 1000)
+
+
+def bare_listener(
+    uri: str,
+    name: str,
+    concurrency: int,
+    ready: mp.synchronize.Event,
+    stop: mp.synchronize.Event,
+) -> None:
+    """LISTEN; on each NOTIFY claim and finish rows (as ``bare_worker``) until none is left."""
+    with (
+        psycopg.connect(uri, autocommit=True) as listen,
+        psycopg.connect(uri, autocommit=False) as conn,
+    ):
+        listen.execute(f"LISTEN {BARE_CHANNEL}")
+        ready.set()
+        deadline = time.monotonic() + 600
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not list(listen.notifies(timeout=0.5, stop_after=1)):
+                continue
+            while True:
+                with conn.transaction():
+                    rows = conn.execute(
+                        CLAIM, {"flow": BARE_FLOW, "limit": concurrency, "worker": name}
+                    ).fetchall()
+                if not rows:
+                    break
+                for (task_id,) in rows:
+                    with conn.transaction():
+                        conn.execute(FINISH, {"id": task_id, "worker": name})
+
+
+def bare_latencies(uri: str, concurrency: int, samples: int) -> tuple[list[float], list[float]]:
+    """One row + NOTIFY in one transaction, then wait until the bare listener finished it."""
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(
+        target=bare_listener, args=(plain(uri), "bare-listener", concurrency, ready, stop)
+    )
+    proc.start()
+    to_claim: list[float] = []
+    to_done: list[float] = []
+    try:
+        if not ready.wait(60):
+            raise TimeoutError("the bare listener did not start")
+        with psycopg.connect(plain(uri)) as conn:
+            for _ in range(samples):
+                task_id = uuid.uuid4()
+                conn.execute(INSERT_ONE, {"id": task_id, "flow": BARE_FLOW})
+                conn.execute(f"NOTIFY {BARE_CHANNEL}")
+                conn.commit()
+                for _ in range(1000):
+                    row = conn.execute(TIMES, {"id": task_id}).fetchone()
+                    conn.commit()
+                    if row is not None and row[0] == "succeeded":
+                        break
+                    time.sleep(0.002)
+                if row is None or row[0] != "succeeded":
+                    raise TimeoutError("a bare row was not done within 2 s")
+                _, created, claimed, finished = row
+                to_claim.append((claimed - created).total_seconds())
+                to_done.append((finished - created).total_seconds())
+                time.sleep(0.25)
+    finally:
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    return to_claim, to_done
+
+
+# ---------------------------------------------------------------------- the peer
+
+
+def drain_peer(args: argparse.Namespace, uri: str, samples: int) -> tuple[Drain, dict[str, Any]]:
+    """One PgQueuer drain (and ``samples`` idle jobs first) in the peers' environment."""
+    result = run_peer(
+        "pgqueuer_peer.py",
+        [
+            "--dsn", plain(uri), "--tasks", str(args.tasks), "--workers", str(args.workers),
+            "--batch", str(args.concurrency), "--drains", "1", "--samples", str(samples),
+            *(["--pg-pid", str(POSTMASTER)] if POSTMASTER is not None else []),
+        ],
+        timeout=900,
+    )  # fmt: skip
+    (drain,) = result["drains"]  # type: ignore[misc]
+    return Drain(drain["rate"], drain["client_ms"], drain["database_ms"]), result
 
 
 # ------------------------------------------------------------------------ main
@@ -270,8 +418,17 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def run(args: argparse.Namespace, uri: str) -> tuple[list[Drain], list[Drain], list[float]]:
-    """Start the workers, time wake-ups, then alternate project and bare drains."""
+@dataclass
+class Results:
+    project: list[Drain] = field(default_factory=list)
+    peer: list[Drain] = field(default_factory=list)
+    bare: list[Drain] = field(default_factory=list)
+    latency: dict[str, list[float]] = field(default_factory=dict)  # milliseconds
+
+
+def run(args: argparse.Namespace, uri: str) -> Results:
+    """Start the workers, time wake-ups, then alternate project, peer and bare drains."""
+    out = Results()
     with tempfile.TemporaryDirectory(prefix="flowyard-bench-files-") as tmp:
         files = Path(tmp)
         group = ProcessGroup(files / ".logs")
@@ -284,15 +441,25 @@ def run(args: argparse.Namespace, uri: str) -> tuple[list[Drain], list[Drain], l
             for process in group.processes:
                 process.wait_for_log(r"services\.db_worker: worker ", 60)
             time.sleep(1.0)
-            latencies = asyncio.run(claim_latencies(uri, files, args.samples))
+            claim, done = asyncio.run(claim_latencies(uri, files, args.samples))
+            out.latency["flowyard create-to-claim"] = [x * 1000 for x in claim]
+            out.latency["flowyard create-to-done"] = [x * 1000 for x in done]
             pids = [p.pid for p in group.processes]
-            project, bare = [], []
-            for _ in range(args.repeat):  # alternating, so a change in machine load hits both
-                project.append(drain_project(uri, files, args.tasks, pids))
-                bare.append(drain_bare(uri, args.workers, args.concurrency, args.tasks))
-            return project, bare, latencies
+            for round_ in range(args.repeat):  # alternating, so a change in load hits all
+                out.project.append(drain_project(uri, files, args.tasks, pids))
+                if not args.no_peer:
+                    drain, result = drain_peer(args, uri, args.samples if round_ == 0 else 0)
+                    out.peer.append(drain)
+                    if round_ == 0:
+                        out.latency["PgQueuer enqueue-to-start"] = result["to_start_ms"]
+                        out.latency["PgQueuer enqueue-to-done"] = result["to_done_ms"]
+                out.bare.append(drain_bare(uri, args.workers, args.concurrency, args.tasks))
         finally:
             group.stop_all()
+    claim, done = bare_latencies(uri, args.concurrency, args.samples)
+    out.latency["bare INSERT+NOTIFY-to-claim"] = [x * 1000 for x in claim]
+    out.latency["bare INSERT+NOTIFY-to-done"] = [x * 1000 for x in done]
+    return out
 
 
 def describe(name: str, drains: list[Drain]) -> str:
@@ -305,14 +472,19 @@ def describe(name: str, drains: list[Drain]) -> str:
     )
 
 
+def median_rate(drains: list[Drain]) -> float:
+    return statistics.median(d.rate for d in drains)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4, help="slots per worker")
     parser.add_argument("--repeat", type=int, default=3, help="drains per side (median)")
-    parser.add_argument("--samples", type=int, default=40, help="create-to-claim samples")
+    parser.add_argument("--samples", type=int, default=40, help="idle latency samples")
     parser.add_argument("--db", help="PostgreSQL URI (default: an embedded throwaway cluster)")
+    parser.add_argument("--no-peer", action="store_true", help="skip PgQueuer")
     args = parser.parse_args()
 
     with database(args.db) as uri:
@@ -323,17 +495,25 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        project, bare, latencies = run(args, uri)
+        results = run(args, uri)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
 
-    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-    print(describe("project (flowyard worker):", project))
-    print(describe("bare SKIP LOCKED loop:", bare))
-    print(
-        f"create-to-claim, idle workers (NOTIFY): p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-        f"({len(latencies)} tasks)"
-    )
-    ratio = statistics.median(d.rate for d in project) / statistics.median(d.rate for d in bare)
-    print(f"ratio {ratio:.2f}")
+    print(describe("flowyard worker:", results.project))
+    if results.peer:
+        print(describe("PgQueuer (peer):", results.peer))
+    print(describe("bare SKIP LOCKED loop:", results.bare))
+    print("idle latency, one task at a time:")
+    width = max(len(name) for name in results.latency) + 1
+    for name, values in results.latency.items():
+        print(
+            f"  {name + ':':{width}s} p50 {percentile(values, 50):6.1f} ms, "
+            f"p99 {percentile(values, 99):6.1f} ms ({len(values)} tasks)"
+        )
+    print(f"ratio_to_bare {median_rate(results.project) / median_rate(results.bare):.2f}")
+    if results.peer:
+        print(f"ratio_to_peer {median_rate(results.project) / median_rate(results.peer):.2f}")
+    else:
+        print("ratio_to_peer n/a (--no-peer)")
 
 
 async def _migrate(uri: str) -> None:

@@ -1,18 +1,44 @@
-"""Drain N no-op tasks through NATS workers, then the same N through a bare nats-py loop.
+"""NATS queue benchmark: flowyard's NATS workers, taskiq-nats and a bare nats-py loop.
 
     .venv/bin/python bench/nats_queue.py [--tasks 2000] [--workers 4] [--concurrency 4]
+                                         [--repeat 3] [--samples 40] [--phases]
+                                         [--peer-results none,objectstore] [--no-peer]
                                          [--db postgresql://…] [--nats nats://…]
 
-Project: a ``flowyard serve --mode server --nats`` process and ``--workers``
-``flowyard worker --nats`` processes; N ``debug.sleep`` tasks (seconds=0) are
-written to the database (task + outbox event per row, as the API would) and the
-clock runs until the last one succeeded. Bare: on the same nats-server, one
-publisher (awaited PubAcks, 64 in flight, like the relay) and ``--workers``
-pull consumers (fetch ``--concurrency`` at a time, ack each) in this process.
+Without --db / --nats it starts throwaway PostgreSQL and nats-server instances.
+Each round drains ``--tasks`` no-op jobs three ways on the same nats-server, one
+after the other so a change in machine load hits all three; the figures are
+medians of ``--repeat`` rounds:
 
-Prints throughput and created-to-claimed (published-to-fetched) latency p50/p99
-for both, and ``ratio 0.xx`` (project/bare throughput) on its last line. Without
---db / --nats it starts throwaway PostgreSQL and nats-server instances.
+- flowyard: one ``flowyard serve --mode server --nats`` process and ``--workers``
+  ``flowyard worker --nats`` processes (``--concurrency`` slots each); N
+  ``debug.sleep`` tasks (seconds=0) are written to the database in one
+  transaction (task row + outbox event per task, as the API would) and the
+  clock runs from that commit until the last one succeeded in the database;
+- taskiq-nats, the peer a user would pick instead (``bench/peers/taskiq_peer.py``
+  under ``bench/.venv-peers``, made from ``bench/requirements-peers.txt`` on
+  first use): ``taskiq worker --workers W --max-async-tasks C`` on a
+  ``PullBasedJetStreamBroker``, a no-op task, N kicks, measured twice by
+  default (``--peer-results``): without a result backend (``none``) and with
+  taskiq-nats's own ``NATSObjectStoreResultBackend`` (``objectstore``); the
+  clock runs from the first kick until the consumer's ack floor reaches the
+  last one (taskiq acks after the result is saved);
+- bare: in this process, one publisher (awaited PubAcks, 64 in flight, like
+  the relay) and ``--workers`` pull consumers (fetch ``--concurrency`` at a
+  time, ack each), from the first publish until the last ack.
+
+With everything idle, ``--samples`` jobs are also created one at a time, each
+after the previous one finished: flowyard's ``claimed_at - created_at`` and
+``finished_at - created_at`` (from the task row), taskiq's kick to the task's
+first line and to just after its result was saved, the bare loop's publish to
+fetch and to the acknowledged ack. CPU per task: worker processes ("clients"),
+and the servers: flowyard's server process, its PostgreSQL backends and the
+nats-server (taskiq: its kicker too; bare: this process).
+
+The last lines are ``ratio_to_bare X.XX``, ``ratio_to_peer_objectstore X.XX``
+and ``ratio_to_peer X.XX``: flowyard's throughput over the bare loop's, over
+taskiq-nats's with results stored, and over taskiq-nats's without a result
+backend (the faster of the two, so the bar to clear).
 """
 
 from __future__ import annotations
@@ -21,15 +47,20 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
+import psutil
 import sqlalchemy as sa
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType
 
@@ -37,6 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adapters.sql.schema import events, tasks  # noqa: E402
+from bench.peer_env import run_peer  # noqa: E402
+from tests.support.auth import ADMIN_AUTH, ADMIN_ENV  # noqa: E402
 from tests.support.nats import NatsServer  # noqa: E402
 from tests.support.nats_processes import bulk_create  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
@@ -53,8 +86,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and all their threads, so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class Drain:
+    rate: float
+    client_ms: float  # CPU per task: worker processes
+    server_ms: float  # CPU per task: the servers (see each side)
+    note: str = ""
+
+
+@dataclass
+class Servers:
+    db: str
+    url: str
+    nats_pid: int | None  # None when --nats names a server elsewhere
+    pg_pid: int | None  # the postmaster; None when --db names a server
+
+
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
+def servers(args: argparse.Namespace, work: Path) -> Iterator[Servers]:
     """PostgreSQL and nats-server: the given ones, or throwaway ones."""
     cluster = nats_server = None
     try:
@@ -70,12 +129,48 @@ def servers(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str]]:
             nats_server = NatsServer(work / "nats" / "store")
             nats_server.start()
             url = nats_server.url
-        yield db, url
+        yield Servers(
+            db,
+            url,
+            nats_server.pid if nats_server is not None else None,
+            cluster.pid if cluster is not None else None,
+        )
     finally:
         if nats_server is not None:
             nats_server.stop()
         if cluster is not None:
             cluster.stop()
+
+
+def tree_cpu(pid: int | None) -> float:
+    """CPU of a server and all its children, the exited ones included (e.g. a postmaster's
+    backends: living ones read directly, reaped ones in its ``children_*`` times)."""
+    if pid is None:
+        return 0.0
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(pid)
+        times = parent.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in parent.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return total
+    return 0.0
+
+
+async def postgres_pids(db: str) -> list[int]:
+    """The backends serving ``db``'s database right now (their CPU is the database's work)."""
+    async with open_store(db, migrate=False) as store, store.db.read() as conn:
+        rows = (
+            await conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()"
+                )
+            )
+        ).all()
+    return [int(r[0]) for r in rows]
 
 
 async def wait_succeeded(db: str, count: int, limit: float) -> float:
@@ -101,7 +196,7 @@ async def phases(db: str, ids: set[uuid.UUID], verbose: bool) -> dict[str, list[
         ).all()
     at: dict[tuple[uuid.UUID, str], tuple[float, float]] = {}
     for task_id, kind, when, relayed in rows:
-        if task_id in ids:
+        if task_id in ids and relayed is not None:
             at.setdefault((task_id, kind), (when.timestamp(), relayed.timestamp()))
     out: dict[str, list[float]] = {}
 
@@ -136,52 +231,139 @@ def worker_args(url: str, index: int, concurrency: int) -> list[str]:
     ]  # fmt: skip
 
 
-async def run_project(args: argparse.Namespace, db: str, url: str, work: Path) -> float:
-    group = ProcessGroup(work / "logs")
-    files = work / "tasks"
-    try:
-        server = group.start_server(
+# ------------------------------------------------------------------- the project
+
+
+class Project:
+    """A flowyard server with NATS and its workers, started once for every round."""
+
+    def __init__(self, args: argparse.Namespace, srv: Servers, work: Path) -> None:
+        self.args, self.srv = args, srv
+        self.group = ProcessGroup(work / "logs")
+        self.files = work / "tasks"
+        self.succeeded = 0
+        self.server: ManagedProcess | None = None
+        self.workers: list[ManagedProcess] = []
+
+    async def start(self) -> None:
+        os.environ.update(ADMIN_ENV)  # the server bootstraps its admin; workers inherit it
+        self.server = self.group.start_server(
             [
-                "--mode", "server", "--db", db, "--files", str(files), "--nats", url,
-                "--lease-seconds", "30",
+                "--mode", "server", "--db", self.srv.db, "--files", str(self.files),
+                "--nats", self.srv.url, "--lease-seconds", "30",
             ]
         )  # fmt: skip
-        server.wait_healthy(120)
-        workers: list[ManagedProcess] = [
-            group.start_worker(worker_args(url, i, args.concurrency)) for i in range(args.workers)
+        self.server.wait_healthy(120)
+        self.workers = [
+            self.group.start_worker(worker_args(self.srv.url, i, self.args.concurrency))
+            for i in range(self.args.workers)
         ]
-        for worker in workers:
+        for worker in self.workers:
             worker.wait_for_log(r"worker nats:\S+ on nats://", timeout=120)
-        async with open_store(db, migrate=False) as store:
+        async with open_store(self.srv.db, migrate=False) as store:
             await bulk_create(store, WARMUP)
-            await wait_succeeded(db, WARMUP, 120)
-            started = time.monotonic()
-            ids = await bulk_create(store, args.tasks)
-        finished = await wait_succeeded(db, WARMUP + args.tasks, 600)
-        elapsed = finished - started
-        timings = await phases(db, set(ids), args.phases)
-        latency = timings["created->claimed"]
-        async with httpx.AsyncClient(base_url=server.url or "", timeout=10) as client:
-            health = (await client.get("/api/health")).json()
-        rate = args.tasks / elapsed
-        if args.phases:
+        self.succeeded += WARMUP
+        await wait_succeeded(self.srv.db, self.succeeded, 120)
+
+    def stop(self) -> None:
+        self.group.stop_all()
+
+    async def latencies(self, samples: int) -> dict[str, list[float]]:
+        """Tasks created one at a time on idle workers: ms to claimed_at and to finished_at,
+        and the two legs of the claim (the relay's publish, then the worker's claim)."""
+        to_claim: list[float] = []
+        to_done: list[float] = []
+        ids: set[uuid.UUID] = set()
+        async with open_store(self.srv.db, migrate=False) as store:
+            for _ in range(samples):
+                (task_id,) = await bulk_create(store, 1)
+                ids.add(task_id)
+                for _ in range(1000):
+                    task = await store.get(task_id)
+                    if task.finished_at is not None:
+                        break
+                    await asyncio.sleep(0.005)
+                if task.claimed_at is None or task.finished_at is None:
+                    raise TimeoutError(f"task {task_id} not finished within 5 s")
+                to_claim.append((task.claimed_at - task.created_at).total_seconds() * 1000)
+                to_done.append((task.finished_at - task.created_at).total_seconds() * 1000)
+                await asyncio.sleep(0.25)  # everything goes idle again
+        self.succeeded += samples
+        legs = await phases(self.srv.db, ids, False)
+        return {
+            "flowyard create-to-claim": to_claim,
+            "flowyard create-to-done": to_done,
+            "  of which created->published (relay)": legs["relay (created->published)"],
+            "  of which published->claimed (worker)": legs["dispatch (published->claimed)"],
+        }
+
+    async def drain(self) -> Drain:
+        tasks_ = self.args.tasks
+        assert self.server is not None
+        backends = [] if self.srv.pg_pid else await postgres_pids(self.srv.db)
+        groups = {
+            "workers": lambda: cpu_seconds([w.pid for w in self.workers]),
+            "server": lambda: cpu_seconds([self.server.pid]) if self.server else 0.0,
+            # the whole cluster when it is ours, else the database's backends of now
+            "PostgreSQL": lambda: tree_cpu(self.srv.pg_pid) + cpu_seconds(backends),
+            "nats-server": lambda: tree_cpu(self.srv.nats_pid),
+        }
+        before = {name: read() for name, read in groups.items()}
+        async with open_store(self.srv.db, migrate=False) as store:
+            ids = await bulk_create(store, tasks_)
+            started = time.monotonic()  # the commit happened when bulk_create returned
+        self.succeeded += tasks_
+        finished = await wait_succeeded(self.srv.db, self.succeeded, 600)
+        ms = {name: (read() - before[name]) / tasks_ * 1000 for name, read in groups.items()}
+        timings = await phases(self.srv.db, set(ids), self.args.phases)
+        if self.args.phases:
             for name, values in timings.items():
                 print(
                     f"  {name}: p50 {percentile(values, 0.5):.1f} ms, "
                     f"p99 {percentile(values, 0.99):.1f} ms"
                 )
-        print(
-            f"project: {args.tasks} tasks through {args.workers} NATS workers x "
-            f"{args.concurrency} in {elapsed:.2f}s: {rate:.0f} tasks/s; created->claimed "
-            f"p50 {percentile(latency, 0.5):.1f} ms, p99 {percentile(latency, 0.99):.1f} ms "
-            f"(relay pending after: {health.get('nats', {}).get('relay', {}).get('pending')})"
+        loaded = timings["created->claimed"]
+        return Drain(
+            tasks_ / (finished - started),
+            ms["workers"],
+            ms["server"] + ms["PostgreSQL"] + ms["nats-server"],
+            f"server {ms['server']:.2f}, PostgreSQL {ms['PostgreSQL']:.2f}, "
+            f"nats-server {ms['nats-server']:.2f} ms; created->claimed under load "
+            f"p50 {percentile(loaded, 0.5):.0f} ms, p99 {percentile(loaded, 0.99):.0f} ms",
         )
-        return rate
-    finally:
-        group.stop_all()
+
+    async def relay_pending(self) -> object:
+        assert self.server is not None
+        async with httpx.AsyncClient(
+            base_url=self.server.url or "", auth=ADMIN_AUTH, timeout=10
+        ) as client:
+            health = (await client.get("/api/health")).json()
+        return health.get("nats", {}).get("relay", {}).get("pending")
 
 
-async def run_bare(args: argparse.Namespace, url: str) -> float:
+# ---------------------------------------------------------------------- the peer
+
+
+def drain_peer(
+    args: argparse.Namespace, srv: Servers, results: str, samples: int
+) -> dict[str, Any]:
+    """One taskiq-nats drain (and ``samples`` idle jobs first) in the peers' environment."""
+    extra = ["--nats-pid", str(srv.nats_pid)] if srv.nats_pid else []
+    return run_peer(
+        "taskiq_peer.py",
+        [
+            "--nats", srv.url, "--tasks", str(args.tasks), "--workers", str(args.workers),
+            "--concurrency", str(args.concurrency), "--drains", "1",
+            "--samples", str(samples), "--results", results, *extra,
+        ],
+        timeout=900,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ the bare loop
+
+
+async def bare_stream(url: str) -> tuple[Any, Any, str, str]:
     stream, subject = f"BARE_{uuid.uuid4().hex[:8]}", f"bare.{uuid.uuid4().hex[:8]}"
     publisher = await nats.connect(url)
     js = publisher.jetstream()
@@ -193,22 +375,27 @@ async def run_bare(args: argparse.Namespace, url: str) -> float:
         stream,
         ConsumerConfig(durable_name="bare", ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
     )
-    latencies: list[float] = []
+    return publisher, js, stream, subject
+
+
+async def drain_bare(args: argparse.Namespace, srv: Servers) -> Drain:
+    publisher, js, stream, subject = await bare_stream(srv.url)
     received = 0
     done = asyncio.Event()
 
     async def consume() -> None:
         nonlocal received
-        nc = await nats.connect(url)
+        nc = await nats.connect(srv.url)
         try:
             sub = await nc.jetstream().pull_subscribe_bind("bare", stream=stream)
-            while not done.is_set():
+            deadline = time.monotonic() + 300
+            while not done.is_set() and time.monotonic() < deadline:
                 try:
                     msgs = await sub.fetch(args.concurrency, timeout=0.5)
                 except TimeoutError:
                     continue
                 for msg in msgs:
-                    latencies.append((time.time() - json.loads(msg.data)["t"]) * 1000)
+                    json.loads(msg.data)
                     await msg.ack()
                     received += 1
                 if received >= args.tasks:
@@ -222,21 +409,119 @@ async def run_bare(args: argparse.Namespace, url: str) -> float:
             await js.publish(subject, body, headers={"Nats-Msg-Id": f"bare:{i}"})
 
     consumers = [asyncio.create_task(consume()) for _ in range(args.workers)]
+    await asyncio.sleep(0.2)  # the consumers are connected and pulling
+    servers = [srv.nats_pid] if srv.nats_pid else []
+    before = time.process_time(), cpu_seconds(servers)
     started = time.monotonic()
     slots = asyncio.Semaphore(64)
     await asyncio.gather(*(publish_one(i, slots) for i in range(args.tasks)))
     await asyncio.wait_for(done.wait(), 300)
     elapsed = time.monotonic() - started
+    after = time.process_time(), cpu_seconds(servers)
     await asyncio.gather(*consumers)
     await js.delete_stream(stream)
     await publisher.close()
-    rate = args.tasks / elapsed
-    print(
-        f"bare:    {args.tasks} messages through {args.workers} pull consumers x "
-        f"{args.concurrency} in {elapsed:.2f}s: {rate:.0f} msgs/s; published->fetched "
-        f"p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms"
+    return Drain(
+        args.tasks / elapsed,
+        (after[0] - before[0]) / args.tasks * 1000,
+        (after[1] - before[1]) / args.tasks * 1000,
     )
-    return rate
+
+
+async def bare_latencies(args: argparse.Namespace, srv: Servers) -> tuple[list[float], list[float]]:
+    """One message at a time to one idle pull consumer: ms to fetched and to the acked ack."""
+    publisher, js, stream, subject = await bare_stream(srv.url)
+    nc = await nats.connect(srv.url)
+    seen: asyncio.Queue[tuple[float, float, float]] = asyncio.Queue()
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        sub = await nc.jetstream().pull_subscribe_bind("bare", stream=stream)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                fetched = time.time()
+                await msg.ack_sync()
+                await seen.put((json.loads(msg.data)["t"], fetched, time.time()))
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)
+    to_fetch: list[float] = []
+    to_done: list[float] = []
+    try:
+        for i in range(args.samples):
+            await js.publish(subject, json.dumps({"i": i, "t": time.time()}).encode())
+            sent, fetched, acked = await asyncio.wait_for(seen.get(), 10)
+            to_fetch.append((fetched - sent) * 1000)
+            to_done.append((acked - sent) * 1000)
+            await asyncio.sleep(0.25)
+    finally:
+        stop.set()
+        await asyncio.wait_for(consumer, 5)
+        await nc.close()
+        await js.delete_stream(stream)
+        await publisher.close()
+    return to_fetch, to_done
+
+
+# ------------------------------------------------------------------------ main
+
+
+@dataclass
+class Results:
+    project: list[Drain] = field(default_factory=list)
+    peer: dict[str, list[Drain]] = field(default_factory=dict)  # per result backend
+    bare: list[Drain] = field(default_factory=list)
+    latency: dict[str, list[float]] = field(default_factory=dict)  # milliseconds
+
+
+async def run(args: argparse.Namespace, srv: Servers, work: Path) -> Results:
+    out = Results()
+    project = Project(args, srv, work)
+    try:
+        await project.start()
+        out.latency.update(await project.latencies(args.samples))
+        for round_ in range(args.repeat):  # alternating, so a change in load hits all
+            out.project.append(await project.drain())
+            for variant in [] if args.no_peer else args.peer_results.split(","):
+                result = await asyncio.to_thread(
+                    drain_peer, args, srv, variant, args.samples if round_ == 0 else 0
+                )
+                (d,) = result["drains"]
+                out.peer.setdefault(variant, []).append(
+                    Drain(
+                        d["rate"], d["client_ms"], d["server_ms"], f"kicker {d['kicker_ms']:.2f} ms"
+                    )
+                )
+                if round_ == 0:
+                    out.latency[f"taskiq-nats ({variant}) kick-to-start"] = result["to_start_ms"]
+                    out.latency[f"taskiq-nats ({variant}) kick-to-done"] = result["to_done_ms"]
+            out.bare.append(await drain_bare(args, srv))
+        print(f"flowyard relay pending after the runs: {await project.relay_pending()}")
+    finally:
+        project.stop()
+    fetch, acked = await bare_latencies(args, srv)
+    out.latency["bare publish-to-fetch"] = fetch
+    out.latency["bare publish-to-acked"] = acked
+    return out
+
+
+def describe(name: str, drains: list[Drain], servers: str) -> str:
+    rate = statistics.median(d.rate for d in drains)
+    client = statistics.median(d.client_ms for d in drains)
+    server = statistics.median(d.server_ms for d in drains)
+    notes = "".join(f"\n{'':28s}run {i + 1}: {d.note}" for i, d in enumerate(drains) if d.note)
+    return (
+        f"{name:26s}{rate:7.0f} tasks/s  runs {[round(d.rate) for d in drains]}  "
+        f"CPU per task: clients {client:.2f} ms, {servers} {server:.2f} ms{notes}"
+    )
+
+
+def median_rate(drains: list[Drain]) -> float:
+    return statistics.median(d.rate for d in drains)
 
 
 async def main() -> None:
@@ -244,16 +529,52 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="drains per side (median)")
+    parser.add_argument("--samples", type=int, default=40, help="idle latency samples")
     parser.add_argument("--db", help="PostgreSQL URI (default: a throwaway cluster)")
     parser.add_argument("--nats", help="nats:// URL (default: a throwaway nats-server)")
     parser.add_argument("--phases", action="store_true", help="where the project's time went")
+    parser.add_argument("--no-peer", action="store_true", help="skip taskiq-nats")
+    parser.add_argument(
+        "--peer-results",
+        default="none,objectstore",
+        help="taskiq-nats's result backends to measure, comma-separated: none, objectstore",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flowyard-bench-") as tmp:
         work = Path(tmp)
-        with servers(args, work) as (db, url):
-            project = await run_project(args, db, url, work)
-            bare = await run_bare(args, url)
-    print(f"ratio {project / bare:.2f}")
+        with servers(args, work) as srv:
+            print(
+                f"nats-server {srv.url}: {args.tasks} no-op tasks, {args.workers} processes x "
+                f"{args.concurrency} slots, median of {args.repeat}; {os.cpu_count()} CPUs, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            results = await run(args, srv, work)
+            print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+    print(describe("flowyard NATS workers:", results.project, "server+PostgreSQL+nats-server"))
+    for variant, drains in results.peer.items():
+        print(describe(f"taskiq-nats ({variant}):", drains, "nats-server"))
+    print(describe("bare JetStream pull loop:", results.bare, "nats-server"))
+    print("idle latency, one task at a time:")
+    width = max(len(name) for name in results.latency) + 1
+    for name, values in results.latency.items():
+        print(
+            f"  {name + ':':{width}s} p50 {percentile(values, 0.5):6.1f} ms, "
+            f"p99 {percentile(values, 0.99):6.1f} ms ({len(values)} tasks)"
+        )
+    print(f"ratio_to_bare {median_rate(results.project) / median_rate(results.bare):.2f}")
+    for variant, drains in results.peer.items():
+        if variant != "none":
+            print(
+                f"ratio_to_peer_{variant} {median_rate(results.project) / median_rate(drains):.2f}"
+            )
+    if results.peer:
+        best = max(median_rate(drains) for drains in results.peer.values())
+        print(f"ratio_to_peer {median_rate(results.project) / best:.2f}")
+    else:
+        print("ratio_to_peer n/a (--no-peer)")
 
 
 if __name__ == "__main__":
