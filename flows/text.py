@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -132,7 +133,47 @@ class EmbedParams(BaseModel):
         return self
 
 
-class Embed(Flow):
+class ModelFlow(Flow):
+    """A flow whose every task is texts through the model: one ``encode`` per batch."""
+
+    def run(self, ctx: FlowContext, params: Any) -> None:
+        outcome = self.run_batch([BatchItem(ctx, params)])[0]
+        if outcome is not None:
+            raise outcome
+
+    def run_batch(self, items: Sequence[BatchItem]) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = [None] * len(items)
+        wanted: list[tuple[int, list[str]]] = []
+        for i, item in enumerate(items):
+            try:
+                wanted.append((i, self.texts_of(item)))
+            except FlowFailed as exc:  # this item alone fails
+                outcomes[i] = exc
+        if not wanted:
+            return outcomes
+        every = [text for _, texts in wanted for text in texts]
+        vectors = encode(items[wanted[0][0]].ctx.device, every)
+        start = 0
+        for i, texts in wanted:
+            rows = vectors[start : start + len(texts)]
+            start += len(texts)
+            try:
+                check_cancelled(items[i].ctx)
+                self.write(items[i], texts, rows, len(wanted))
+            except Exception as exc:  # noqa: BLE001 - one item's write must not fail the others
+                outcomes[i] = exc
+        return outcomes
+
+    @abstractmethod
+    def texts_of(self, item: BatchItem) -> list[str]:
+        """The texts one task sends through the model; ``FlowFailed`` fails that task."""
+
+    @abstractmethod
+    def write(self, item: BatchItem, texts: list[str], rows: np.ndarray, batch_tasks: int) -> None:
+        """Write one task's outputs from its rows of the batch's embeddings."""
+
+
+class Embed(ModelFlow):
     name: ClassVar[str] = "text.embed"
     version: ClassVar[str] = "1"
     description: ClassVar[str] = (
@@ -165,36 +206,12 @@ class Embed(Flow):
     batch_size: ClassVar[int] = 32
     batch_window: ClassVar[float] = 0.02
 
-    def run(self, ctx: FlowContext, params: EmbedParams) -> None:
-        outcome = self.run_batch([BatchItem(ctx, params)])[0]
-        if outcome is not None:
-            raise outcome
+    def texts_of(self, item: BatchItem) -> list[str]:
+        return embed_texts(item.ctx, item.params)
 
-    def run_batch(self, items: Sequence[BatchItem]) -> list[BaseException | None]:
-        outcomes: list[BaseException | None] = [None] * len(items)
-        wanted: list[tuple[int, list[str]]] = []
-        for i, item in enumerate(items):
-            try:
-                wanted.append((i, embed_texts(item.ctx, item.params)))
-            except FlowFailed as exc:  # this item alone fails
-                outcomes[i] = exc
-        if not wanted:
-            return outcomes
-        device = items[wanted[0][0]].ctx.device
-        every = [text for _, texts in wanted for text in texts]
-        vectors = encode(device, every)
-        start = 0
-        for i, texts in wanted:
-            ctx = items[i].ctx
-            rows = vectors[start : start + len(texts)]
-            start += len(texts)
-            try:
-                check_cancelled(ctx)
-                write_embeddings(ctx, texts, rows, batch_tasks=len(wanted))
-            except Exception as exc:  # noqa: BLE001 - one item's write must not fail the others
-                outcomes[i] = exc
-            ctx.progress(1.0, f"embedded {len(texts)} text(s)")
-        return outcomes
+    def write(self, item: BatchItem, texts: list[str], rows: np.ndarray, batch_tasks: int) -> None:
+        write_embeddings(item.ctx, texts, rows, batch_tasks=batch_tasks)
+        item.ctx.progress(1.0, f"embedded {len(texts)} text(s)")
 
 
 def embed_texts(ctx: FlowContext, params: EmbedParams) -> list[str]:
@@ -248,7 +265,7 @@ class SearchParams(BaseModel):
         return self
 
 
-class Search(Flow):
+class Search(ModelFlow):
     name: ClassVar[str] = "text.search"
     version: ClassVar[str] = "1"
     description: ClassVar[str] = (
@@ -276,34 +293,12 @@ class Search(Flow):
     batch_size: ClassVar[int] = 16
     batch_window: ClassVar[float] = 0.02
 
-    def run(self, ctx: FlowContext, params: SearchParams) -> None:
-        outcome = self.run_batch([BatchItem(ctx, params)])[0]
-        if outcome is not None:
-            raise outcome
+    def texts_of(self, item: BatchItem) -> list[str]:
+        return [item.params.query.strip(), *search_documents(item)]
 
-    def run_batch(self, items: Sequence[BatchItem]) -> list[BaseException | None]:
-        outcomes: list[BaseException | None] = [None] * len(items)
-        wanted: list[tuple[int, list[str]]] = []
-        for i, item in enumerate(items):
-            try:
-                wanted.append((i, [item.params.query.strip(), *search_documents(item)]))
-            except FlowFailed as exc:
-                outcomes[i] = exc
-        if not wanted:
-            return outcomes
-        vectors = encode(items[wanted[0][0]].ctx.device, [t for _, ts in wanted for t in ts])
-        start = 0
-        for i, texts in wanted:
-            item = items[i]
-            rows = vectors[start : start + len(texts)]
-            start += len(texts)
-            try:
-                check_cancelled(item.ctx)
-                write_ranking(item.ctx, item.params, texts[1:], rows[0], rows[1:])
-            except Exception as exc:  # noqa: BLE001 - one item's write must not fail the others
-                outcomes[i] = exc
-            item.ctx.progress(1.0, f"ranked {len(texts) - 1} document(s)")
-        return outcomes
+    def write(self, item: BatchItem, texts: list[str], rows: np.ndarray, batch_tasks: int) -> None:
+        write_ranking(item.ctx, item.params, texts[1:], rows[0], rows[1:])
+        item.ctx.progress(1.0, f"ranked {len(texts) - 1} document(s)")
 
 
 def search_documents(item: BatchItem) -> list[str]:
