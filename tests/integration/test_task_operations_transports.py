@@ -67,6 +67,10 @@ class Stack:
         return len(self.client.get("/api/tasks", params={"limit": 500}).json()["items"])
 
 
+ONE_TRANSPORT = pytest.mark.parametrize("stack", ["default"], indirect=True)
+"""For checks whose code is the same on every transport (validation, the CLI, SQL)."""
+
+
 @pytest.fixture(
     scope="module",
     params=[
@@ -186,9 +190,8 @@ def test_a_delayed_task_waits_until_it_is_due(stack: Stack) -> None:
     assert at(stack.wait(later["id"], {"succeeded"}, timeout=30)["claimed_at"]) >= at(run_at)
 
 
+@ONE_TRANSPORT  # validation is the same code on every transport
 def test_scheduling_refusals_store_nothing(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("validation is the same code on every transport")
     before = stack.count()
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     for body, field in [
@@ -223,9 +226,8 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@ONE_TRANSPORT  # the CLI speaks HTTP: one transport is enough
 def test_cli_run_in_and_at(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("the CLI speaks HTTP: one transport is enough")
     later = cli(
         stack, "run", "debug.sleep", "-p", "seconds=0", "--in", "30s", "--max-attempts", "2"
     )
@@ -282,9 +284,8 @@ def test_a_client_that_leaves_cancels_its_task_with_the_stage(stack: Stack) -> N
     assert request["stage"] == task["interrupted_stage"]
 
 
+@ONE_TRANSPORT  # validation is the same code on every transport
 def test_wait_refusals(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("validation is the same code on every transport")
     before = stack.count()
     body = {"flow": "debug.sleep", "params": {"seconds": 0}}
     for params, field in [
@@ -300,9 +301,8 @@ def test_wait_refusals(stack: Stack) -> None:
     assert stack.count() == before
 
 
+@ONE_TRANSPORT  # the CLI speaks HTTP: one transport is enough
 def test_cli_run_wait_cancel_on_exit(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("the CLI speaks HTTP: one transport is enough")
     quick = cli(stack, "run", "debug.sleep", "-p", "seconds=0", "--wait", "--cancel-on-exit")
     assert quick.returncode == 0, quick.stderr
     argv = [*flowyard_command(), "run", "debug.sleep", "-p", "seconds=30"]
@@ -356,9 +356,8 @@ def test_a_batch_is_created_in_one_go_and_runs(stack: Stack) -> None:
         assert stack.wait(task_id, {"succeeded", "failed"})["state"] == "succeeded"
 
 
+@ONE_TRANSPORT  # validation is the same code on every transport
 def test_a_bad_batch_stores_nothing(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("validation is the same code on every transport")
     before = stack.count()
     good = {"flow": "debug.sleep", "params": {"seconds": 0}}
     for body, field in [
@@ -495,9 +494,8 @@ def test_a_parent_output_becomes_the_child_input(stack: Stack) -> None:
     assert [o["name"] for o in child["outputs"]] == ["output.png"]
 
 
+@ONE_TRANSPORT  # validation is the same code on every transport
 def test_a_chain_is_checked_at_create(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("validation is the same code on every transport")
     before = stack.count()
     for then, field in [
         ([{"flow": "no.such"}], "then[0].flow"),
@@ -519,9 +517,8 @@ def test_a_chain_is_checked_at_create(stack: Stack) -> None:
 # ---------------------------------------------------------------------------- 9. retention
 
 
+@ONE_TRANSPORT  # the same SQL on every transport (tests/integration/test_task_ops_store.py)
 def test_admins_prune_old_tasks_over_http_and_the_cli(stack: Stack) -> None:
-    if stack.transport != "default":
-        pytest.skip("the same SQL on every transport (tests/integration/test_task_ops_store.py)")
     task = stack.create()
     stack.wait(task["id"], {"succeeded"})
     dry = stack.client.post("/api/tasks/prune", params={"older_than_days": 0, "dry_run": "true"})
