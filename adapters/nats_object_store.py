@@ -33,11 +33,11 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from nats.js.object_store import ObjectStore
 
-from core.errors import FlowFailed, InvalidInput, LeaseLost, Unavailable
-from core.events import FileRef, TaskCreated, TaskDone, name_token
-from core.files import guess_media_type, safe_file_name
-from core.ports import AttemptFiles
-from core.task import Task
+from flowyard.core.errors import FlowFailed, InvalidInput, LeaseLost, Unavailable
+from flowyard.core.events import FileRef, TaskCreated, TaskDone, name_token
+from flowyard.core.files import guess_media_type, safe_file_name
+from flowyard.core.ports import AttemptFiles
+from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import bcrypt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from core.identity import TOKEN_PREFIX
+from flowyard.core.identity import TOKEN_PREFIX
 
 NATS_BCRYPT_COST = 11
 NATS_MAX_BYTES = 72

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from core.errors import InvalidInput
+from flowyard.core.errors import InvalidInput
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32

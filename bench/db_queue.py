@@ -63,9 +63,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.sql.task_store import record_in  # noqa: E402
 from bench.peer_env import run_peer  # noqa: E402
-from core.events import TaskCreated  # noqa: E402
+from flowyard.adapters.sql.task_store import record_in  # noqa: E402
+from flowyard.core.events import TaskCreated  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
 from tests.support.task_db import open_store  # noqa: E402

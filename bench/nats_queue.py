@@ -67,8 +67,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.sql.schema import events, tasks  # noqa: E402
 from bench.peer_env import run_peer  # noqa: E402
+from flowyard.adapters.sql.schema import events, tasks  # noqa: E402
 from tests.support.auth import ADMIN_AUTH, ADMIN_ENV  # noqa: E402
 from tests.support.nats import NatsServer  # noqa: E402
 from tests.support.nats_processes import bulk_create  # noqa: E402

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.sql.task_store import record_in
-from core.events import TaskCreated
+from flowyard.adapters.sql.task_store import record_in
+from flowyard.core.events import TaskCreated
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import ProcessGroup
 from tests.support.task_db import open_store

@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
-from core.events import Event
+from flowyard.core.events import Event
 
 log = logging.getLogger(__name__)
 

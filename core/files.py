@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from core.errors import UnsafeFileName
+from flowyard.core.errors import UnsafeFileName
 
 _ALLOWED = re.compile(r"[^A-Za-z0-9._ -]")
 MAX_NAME = 120

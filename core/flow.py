@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import FlowCancelled, InvalidInput
-from core.retry import RetryPolicy
+from flowyard.core.errors import FlowCancelled, InvalidInput
+from flowyard.core.retry import RetryPolicy
 
 
 class InputSpec(BaseModel):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from core.errors import Forbidden, InvalidInput, TooManyAttempts, WeakPassword
+from flowyard.core.errors import Forbidden, InvalidInput, TooManyAttempts, WeakPassword
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """Letters, digits, ``_`` and ``-``: safe as a NATS subject token, a bucket name and a path."""

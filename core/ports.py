@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from core.events import Event, FileRef, TaskDone, TaskProgress, TaskRequeued
-from core.task import Task, TaskState
+from flowyard.core.events import Event, FileRef, TaskDone, TaskProgress, TaskRequeued
+from flowyard.core.task import Task, TaskState
 
 
 @dataclass(frozen=True)

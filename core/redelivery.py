@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from core.events import Event, TaskClaimed, TaskDone
-from core.task import Task, TaskState, apply, lease_expired
+from flowyard.core.events import Event, TaskClaimed, TaskDone
+from flowyard.core.task import Task, TaskState, apply, lease_expired
 
 NATS_WORKER_PREFIX = "nats:"
 """Worker ids of NATS workers start with this: their leases live in JetStream, not SQL."""

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.errors import Conflict, InvalidInput
-from core.events import EVENT_TYPES, Event
-from core.task import Task, apply
+from flowyard.core.errors import Conflict, InvalidInput
+from flowyard.core.events import EVENT_TYPES, Event
+from flowyard.core.task import Task, apply
 
 Point = int | datetime
 

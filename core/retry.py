@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from core.errors import DoNotRetry, FlowCancelled
-from core.events import TaskRequeued
-from core.task import Task, TaskState
+from flowyard.core.errors import DoNotRetry, FlowCancelled
+from flowyard.core.events import TaskRequeued
+from flowyard.core.task import Task, TaskState
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from core.errors import ConfigError
+from flowyard.core.errors import ConfigError
 
 Mode = Literal["default", "server"]
 LogFormat = Literal["text", "json"]

@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import IllegalTransition, StaleAttempt, TaskFinished
-from core.events import (
+from flowyard.core.errors import IllegalTransition, StaleAttempt, TaskFinished
+from flowyard.core.events import (
     ChainStep,
     Event,
     FileRef,

@@ -20,8 +20,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
-from core.errors import InvalidInput
-from core.events import EVENT_TYPES, Event, TaskDone
+from flowyard.core.errors import InvalidInput
+from flowyard.core.events import EVENT_TYPES, Event, TaskDone
 
 DEFAULT_EVENTS: tuple[str, ...] = ("task.done",)
 RETRY_CAP_SECONDS = 3600.0

@@ -6,8 +6,8 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import FlowFailed
-from core.flow import Flow, FlowContext, check_cancelled
+from flowyard.core.errors import FlowFailed
+from flowyard.core.flow import Flow, FlowContext, check_cancelled
 
 SLICE_SECONDS = 0.05
 """Longest uninterrupted sleep, so a cancel is seen within ~50 ms even in one long step."""

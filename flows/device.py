@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
-from core.errors import ConfigError
+from flowyard.core.errors import ConfigError
 
 
 @functools.cache

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.errors import FlowCancelled, FlowFailed, InvalidInput
-from core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec, check_cancelled
+from flowyard.core.errors import FlowCancelled, FlowFailed, InvalidInput
+from flowyard.core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec, check_cancelled
 
 if TYPE_CHECKING:
     import torch
@@ -114,7 +114,7 @@ def _heavy(flow: str) -> tuple[Any, Any]:
     try:
         import torch
 
-        from flows import image_ops
+        from flowyard.flows import image_ops
     except ImportError as exc:
         raise FlowFailed(
             f"{flow} needs torch, numpy and Pillow on this worker "
@@ -145,14 +145,14 @@ class Blur(ImageFlow):
     verb = "blurred"
 
     def process(self, img: Image.Image, params: BlurParams, device: torch.device) -> Image.Image:
-        from flows.image_ops import blur
+        from flowyard.flows.image_ops import blur
 
         return blur(img, params, device)
 
     def process_batch(
         self, imgs: list[Image.Image], params: BlurParams, device: torch.device
     ) -> list[Image.Image]:
-        from flows.image_ops import blur_batch
+        from flowyard.flows.image_ops import blur_batch
 
         return blur_batch(imgs, params, device)
 
@@ -180,14 +180,14 @@ class Edges(ImageFlow):
     verb = "found edges"
 
     def process(self, img: Image.Image, params: EdgesParams, device: torch.device) -> Image.Image:
-        from flows.image_ops import edges
+        from flowyard.flows.image_ops import edges
 
         return edges(img, params, device)
 
     def process_batch(
         self, imgs: list[Image.Image], params: EdgesParams, device: torch.device
     ) -> list[Image.Image]:
-        from flows.image_ops import edges_batch
+        from flowyard.flows.image_ops import edges_batch
 
         return edges_batch(imgs, params, device)
 
@@ -249,13 +249,13 @@ class Resize(ImageFlow):
     verb = "resized"
 
     def process(self, img: Image.Image, params: ResizeParams, device: torch.device) -> Image.Image:
-        from flows.image_ops import resize
+        from flowyard.flows.image_ops import resize
 
         return resize(img, params, device)
 
     def process_batch(
         self, imgs: list[Image.Image], params: ResizeParams, device: torch.device
     ) -> list[Image.Image]:
-        from flows.image_ops import resize_batch
+        from flowyard.flows.image_ops import resize_batch
 
         return resize_batch(imgs, params, device)

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import FlowFailed
-from flows import image as meta
+from flowyard.core.errors import FlowFailed
+from flowyard.flows import image as meta
 
 if TYPE_CHECKING:
-    from flows.image import BlurParams, EdgesParams, ResizeParams
+    from flowyard.flows.image import BlurParams, EdgesParams, ResizeParams
 
 _PLAIN_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the weights Pillow's convert("L") uses

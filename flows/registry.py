@@ -21,8 +21,8 @@ from importlib.metadata import EntryPoint, entry_points
 
 from pydantic import BaseModel
 
-from core.errors import FlowNotFound
-from core.flow import Flow, FlowInfo
+from flowyard.core.errors import FlowNotFound
+from flowyard.core.flow import Flow, FlowInfo
 
 ENTRY_POINT_GROUP = "flowyard.flows"
 

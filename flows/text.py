@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.errors import FlowFailed, InvalidInput
-from core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec, check_cancelled
+from flowyard.core.errors import FlowFailed, InvalidInput
+from flowyard.core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec, check_cancelled
 
 if TYPE_CHECKING:
     import numpy as np

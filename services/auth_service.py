@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from adapters.sql.user_store import SqlUserStore
-from core.errors import ConfigError, Unauthenticated, UserNotFound
-from core.events import utcnow
-from core.identity import FailureLimiter, Principal, Role, TokenKind, User, token_id_of
-from core.settings import Settings
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.core.errors import ConfigError, Unauthenticated, UserNotFound
+from flowyard.core.events import utcnow
+from flowyard.core.identity import FailureLimiter, Principal, Role, TokenKind, User, token_id_of
+from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from datetime import timedelta
 
 import aiofiles
 
-from adapters.files.local import LocalFileStore
-from adapters.sql.task_store import SqlTaskStore
-from core.errors import FlowNotFound, FlowyardError, TaskNotFound
-from core.events import ChainStep, Event, FileRef, TaskCreated, TaskDone, utcnow
-from core.flow import Flow, InputSpec
-from core.task import Task, TaskState
-from flows.registry import FlowRegistry
+from flowyard.adapters.files.local import LocalFileStore
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.core.errors import FlowNotFound, FlowyardError, TaskNotFound
+from flowyard.core.events import ChainStep, Event, FileRef, TaskCreated, TaskDone, utcnow
+from flowyard.core.flow import Flow, InputSpec
+from flowyard.core.task import Task, TaskState
+from flowyard.flows.registry import FlowRegistry
 
 log = logging.getLogger(__name__)
 

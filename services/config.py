@@ -18,8 +18,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource
 
-from core.errors import ConfigError
-from core.settings import Settings, expand_env, file_source
+from flowyard.core.errors import ConfigError
+from flowyard.core.settings import Settings, expand_env, file_source
 
 ENV_PREFIX = "FLOWYARD_"
 ENV_FILE_VARIABLE = "FLOWYARD_ENV_FILE"

@@ -18,7 +18,7 @@ import yaml
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from core.settings import Settings
+from flowyard.core.settings import Settings
 
 FLAGS: dict[str, tuple[str, ...]] = {
     "mode": ("serve --mode",),

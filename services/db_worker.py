@@ -9,26 +9,26 @@ import signal
 import socket
 import uuid
 
-from adapters.files.local import LocalTaskFiles
-from adapters.sql.database import Database
-from adapters.sql.engine import check_schema, make_engine
-from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.wakeup import (
+from flowyard.adapters.files.local import LocalTaskFiles
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import check_schema, make_engine
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.wakeup import (
     CANCEL_CHANNEL,
     PgNotifyWaker,
     PollWaker,
     install_pg_notifier,
     listen_uri,
 )
-from adapters.sql.work_queue import SqlWorkQueue, Waker
-from core.errors import ConfigError
-from core.ports import WorkerIdentity
-from core.settings import Settings
-from flows.device import detect_device, device_resources
-from flows.registry import FlowRegistry, installed_flows
-from services.metrics import metered
-from services.webhook_service import install_webhooks
-from services.worker import Worker, WorkerOptions
+from flowyard.adapters.sql.work_queue import SqlWorkQueue, Waker
+from flowyard.core.errors import ConfigError
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.settings import Settings
+from flowyard.flows.device import detect_device, device_resources
+from flowyard.flows.registry import FlowRegistry, installed_flows
+from flowyard.services.metrics import metered
+from flowyard.services.webhook_service import install_webhooks
+from flowyard.services.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from adapters.sql import event_log
-from adapters.sql.database import Database
-from adapters.sql.webhook_store import SqlWebhookStore
-from core.errors import InvalidInput, NotFound, TaskNotFound, Unavailable
-from core.events import Event, parse_event, token
-from core.replay import EventFilter, Rebuilder, differences
-from core.task import Task
+from flowyard.adapters.sql import event_log
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.webhook_store import SqlWebhookStore
+from flowyard.core.errors import InvalidInput, NotFound, TaskNotFound, Unavailable
+from flowyard.core.events import Event, parse_event, token
+from flowyard.core.replay import EventFilter, Rebuilder, differences
+from flowyard.core.task import Task
 
 STREAM = "FLOWYARD_EVENTS"
 SUBJECT_PREFIX = "flowyard.events"

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from adapters.sql.event_tail import events_by_seq
-from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.wakeup import EVENTS_CHANNEL, PgNotifyWaker, PollWaker, listen_uri
-from core.errors import Unavailable
-from core.events import Event
+from flowyard.adapters.sql.event_tail import events_by_seq
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.wakeup import EVENTS_CHANNEL, PgNotifyWaker, PollWaker, listen_uri
+from flowyard.core.errors import Unavailable
+from flowyard.core.events import Event
 
 log = logging.getLogger(__name__)
 

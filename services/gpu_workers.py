@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from core.errors import ConfigError
-from flows.device import cuda_device_count
+from flowyard.core.errors import ConfigError
+from flowyard.flows.device import cuda_device_count
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.settings import LogFormat, LogLevel
+from flowyard.core.settings import LogFormat, LogLevel
 
 QUIET_LOGGERS = (
     "httpx",

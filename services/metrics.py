@@ -36,8 +36,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.errors import ConfigError
-from core.events import (
+from flowyard.core.errors import ConfigError
+from flowyard.core.events import (
     Event,
     TaskClaimed,
     TaskCreated,
@@ -46,11 +46,11 @@ from core.events import (
     TaskRequeued,
     utcnow,
 )
-from core.ports import Heartbeat, WorkerIdentity, WorkQueue
-from core.task import Task
+from flowyard.core.ports import Heartbeat, WorkerIdentity, WorkQueue
+from flowyard.core.task import Task
 
 if TYPE_CHECKING:
-    from services.runtime import Runtime
+    from flowyard.services.runtime import Runtime
 
 log = logging.getLogger("flowyard.tasks")
 
@@ -274,7 +274,7 @@ class ServerMetrics:
         now = time.monotonic()
         if not force and now - self.snapshot.taken < SNAPSHOT_SECONDS:
             return
-        from adapters.sql.stats import queue_depth  # the SQL stays in adapters
+        from flowyard.adapters.sql.stats import queue_depth  # the SQL stays in adapters
 
         s = self.snapshot
         s.depth = await queue_depth(rt.db, DEPTH_CAP)

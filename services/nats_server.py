@@ -25,25 +25,29 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from adapters.nats_object_store import NatsFileTransfer
-from adapters.sql.database import Database
-from adapters.sql.outbox import SqlOutbox
-from adapters.sql.projection import SqlProjection
-from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.user_store import SqlUserStore
-from bus.nats.auth_config import WhoAmIReply
-from bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
-from bus.nats.dispatch import WorkDispatcher
-from bus.nats.reconcile import Reconciler
-from bus.nats.relay import OutboxRelay
-from bus.nats.scheduler import Scheduler
-from bus.nats.server_consumer import AdvisoryWatcher, WorkerEventConsumer, register_server_handlers
-from bus.nats.streams import events_stream_config
-from bus.nats.topology import Topology
-from core.errors import ConfigError, Unavailable
-from core.events import TaskCreated, token
-from core.identity import Role
-from core.settings import Settings
+from flowyard.adapters.nats_object_store import NatsFileTransfer
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.outbox import SqlOutbox
+from flowyard.adapters.sql.projection import SqlProjection
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.bus.nats.auth_config import WhoAmIReply
+from flowyard.bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
+from flowyard.bus.nats.dispatch import WorkDispatcher
+from flowyard.bus.nats.reconcile import Reconciler
+from flowyard.bus.nats.relay import OutboxRelay
+from flowyard.bus.nats.scheduler import Scheduler
+from flowyard.bus.nats.server_consumer import (
+    AdvisoryWatcher,
+    WorkerEventConsumer,
+    register_server_handlers,
+)
+from flowyard.bus.nats.streams import events_stream_config
+from flowyard.bus.nats.topology import Topology
+from flowyard.core.errors import ConfigError, Unavailable
+from flowyard.core.events import TaskCreated, token
+from flowyard.core.identity import Role
+from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

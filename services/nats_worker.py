@@ -30,33 +30,33 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from adapters.nats_object_store import NatsTaskFiles
-from bus.nats.auth_config import WhoAmIReply, inbox_prefix, whoami_subject
-from bus.nats.broker import RECONNECT_WAIT, TRANSIENT, NatsAuth, connection, make_broker
-from bus.nats.streams import (
+from flowyard.adapters.nats_object_store import NatsTaskFiles
+from flowyard.bus.nats.auth_config import WhoAmIReply, inbox_prefix, whoami_subject
+from flowyard.bus.nats.broker import RECONNECT_WAIT, TRANSIENT, NatsAuth, connection, make_broker
+from flowyard.bus.nats.streams import (
     cancel_subject,
     owner_filter,
     wake_subject,
     work_consumer,
     work_stream,
 )
-from bus.nats.work_queue import NatsWorkQueue
-from core.errors import ConfigError, Forbidden, Unauthenticated, Unavailable
-from core.events import token
-from core.identity import Role
-from core.redelivery import NATS_WORKER_PREFIX
-from core.settings import Settings
-from flows.device import detect_device
-from flows.registry import installed_flows
-from services.db_worker import (
+from flowyard.bus.nats.work_queue import NatsWorkQueue
+from flowyard.core.errors import ConfigError, Forbidden, Unauthenticated, Unavailable
+from flowyard.core.events import token
+from flowyard.core.identity import Role
+from flowyard.core.redelivery import NATS_WORKER_PREFIX
+from flowyard.core.settings import Settings
+from flowyard.flows.device import detect_device
+from flowyard.flows.registry import installed_flows
+from flowyard.services.db_worker import (
     log_start,
     select_flows,
     stop_on_signals,
     worker_identity,
     worker_options,
 )
-from services.metrics import metered
-from services.worker import Worker
+from flowyard.services.metrics import metered
+from flowyard.services.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
-from adapters.files.local import LocalFileStore
-from adapters.sql.retention import Pruned, SqlRetention
-from core.errors import Unavailable
-from core.events import utcnow
-from core.settings import Settings
+from flowyard.adapters.files.local import LocalFileStore
+from flowyard.adapters.sql.retention import Pruned, SqlRetention
+from flowyard.core.errors import Unavailable
+from flowyard.core.events import utcnow
+from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import asyncio
 import threading
 from pathlib import Path
 
-from core.errors import InvalidInput
-from core.ports import AttemptFiles
-from flows.device import detect_device
+from flowyard.core.errors import InvalidInput
+from flowyard.core.ports import AttemptFiles
+from flowyard.flows.device import detect_device
 
 
 class RunContext:

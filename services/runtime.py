@@ -16,35 +16,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from adapters.files.local import LocalFileStore, LocalTaskFiles
-from adapters.files.lock import DataDirLock
-from adapters.sql.database import Database
-from adapters.sql.engine import make_engine, upgrade
-from adapters.sql.retention import SqlRetention
-from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.user_store import SqlUserStore
-from adapters.sql.wakeup import PgNotifier, install_pg_notifier
-from adapters.sql.webhook_store import SqlWebhookStore
-from adapters.sql.work_queue import SqlWorkQueue
-from bus.inprocess import EventHub, LocalWaker
-from core.errors import Unavailable
-from core.events import Event, TaskCancelRequested
-from core.ports import WorkerIdentity
-from core.settings import Settings
-from flows.device import detect_device, device_resources
-from flows.registry import FlowRegistry, installed_flows
-from services.auth_service import Authenticator
-from services.chains import Chainer
-from services.event_tailer import run_event_tailer
-from services.metrics import ServerMetrics
-from services.retention import Pruner
-from services.task_service import TaskService
-from services.webhook_dispatcher import WebhookDispatcher
-from services.webhook_service import WebhookService, install_webhooks
-from services.worker import Worker, WorkerOptions
+from flowyard.adapters.files.local import LocalFileStore, LocalTaskFiles
+from flowyard.adapters.files.lock import DataDirLock
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import make_engine, upgrade
+from flowyard.adapters.sql.retention import SqlRetention
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.adapters.sql.wakeup import PgNotifier, install_pg_notifier
+from flowyard.adapters.sql.webhook_store import SqlWebhookStore
+from flowyard.adapters.sql.work_queue import SqlWorkQueue
+from flowyard.bus.inprocess import EventHub, LocalWaker
+from flowyard.core.errors import Unavailable
+from flowyard.core.events import Event, TaskCancelRequested
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.settings import Settings
+from flowyard.flows.device import detect_device, device_resources
+from flowyard.flows.registry import FlowRegistry, installed_flows
+from flowyard.services.auth_service import Authenticator
+from flowyard.services.chains import Chainer
+from flowyard.services.event_tailer import run_event_tailer
+from flowyard.services.metrics import ServerMetrics
+from flowyard.services.retention import Pruner
+from flowyard.services.task_service import TaskService
+from flowyard.services.webhook_dispatcher import WebhookDispatcher
+from flowyard.services.webhook_service import WebhookService, install_webhooks
+from flowyard.services.worker import Worker, WorkerOptions
 
 if TYPE_CHECKING:
-    from services.nats_server import NatsBridge
+    from flowyard.services.nats_server import NatsBridge
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,8 @@ class Runtime:
 
 def _nats_bridge(settings: Settings, db: Database, store: SqlTaskStore) -> NatsBridge:
     """Server mode with --nats: outbox relay and worker-event consumer (docs/nats.md)."""
-    from core.errors import ConfigError
-    from services.nats_server import NatsBridge
+    from flowyard.core.errors import ConfigError
+    from flowyard.services.nats_server import NatsBridge
 
     if settings.mode != "server":
         raise ConfigError("--nats needs --mode server (NATS workers serve a server's database)")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from adapters.files.local import LocalFileStore
-from adapters.sql.task_store import SqlTaskStore
-from core.errors import (
+from flowyard.adapters.files.local import LocalFileStore
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.core.errors import (
     FlowNotFound,
     IllegalTransition,
     InvalidInput,
@@ -30,7 +30,7 @@ from core.errors import (
     TaskFinished,
     TaskNotFound,
 )
-from core.events import (
+from flowyard.core.events import (
     ChainStep,
     Event,
     FileRef,
@@ -40,11 +40,11 @@ from core.events import (
     TaskReprioritized,
     utcnow,
 )
-from core.files import safe_file_name
-from core.flow import Flow
-from core.identity import Principal
-from core.task import RETRYABLE, Task, TaskState, retry_event
-from flows.registry import FlowRegistry
+from flowyard.core.files import safe_file_name
+from flowyard.core.flow import Flow
+from flowyard.core.identity import Principal
+from flowyard.core.task import RETRYABLE, Task, TaskState, retry_event
+from flowyard.flows.registry import FlowRegistry
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from datetime import timedelta
 
 import httpx
 
-from adapters.sql.webhook_store import Delivery, DeliveryRecorder, SqlWebhookStore
-from adapters.webhook_guard import check_target
-from adapters.webhook_sender import Attempt, send
-from core.errors import InvalidInput, Unavailable
-from core.events import Event, utcnow
-from core.settings import Settings
-from core.webhook import Outcome, RetryPolicy, Subscription, outcome
+from flowyard.adapters.sql.webhook_store import Delivery, DeliveryRecorder, SqlWebhookStore
+from flowyard.adapters.webhook_guard import check_target
+from flowyard.adapters.webhook_sender import Attempt, send
+from flowyard.core.errors import InvalidInput, Unavailable
+from flowyard.core.events import Event, utcnow
+from flowyard.core.settings import Settings
+from flowyard.core.webhook import Outcome, RetryPolicy, Subscription, outcome
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adapters.sql.database import Database
-from adapters.sql.webhook_store import (
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.webhook_store import (
     AttemptRecord,
     Delivery,
     DeliveryRecorder,
     SqlWebhookStore,
 )
-from adapters.webhook_guard import check_target
-from adapters.webhook_sender import generate_secret, parse_secret
-from core.errors import WebhookNotFound
-from core.identity import Principal
-from core.settings import Settings
-from core.webhook import DeliveryStatus, Subscription, check_event_types, check_flows
+from flowyard.adapters.webhook_guard import check_target
+from flowyard.adapters.webhook_sender import generate_secret, parse_secret
+from flowyard.core.errors import WebhookNotFound
+from flowyard.core.identity import Principal
+from flowyard.core.settings import Settings
+from flowyard.core.webhook import DeliveryStatus, Subscription, check_event_types, check_flows
 
 
 def install_webhooks(db: Database, settings: Settings) -> DeliveryRecorder:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from core.errors import (
+from flowyard.core.errors import (
     FlowCancelled,
     FlowFailed,
     FlowNotFound,
@@ -34,12 +34,12 @@ from core.errors import (
     LeaseLost,
     Unavailable,
 )
-from core.events import FileRef, TaskDone, TaskProgress, utcnow
-from core.flow import BatchItem, Flow, run_items
-from core.ports import AttemptFiles, TaskFiles, WorkerIdentity, WorkQueue
-from core.retry import after_failure
-from core.task import Task
-from services.run_context import RunContext
+from flowyard.core.events import FileRef, TaskDone, TaskProgress, utcnow
+from flowyard.core.flow import BatchItem, Flow, run_items
+from flowyard.core.ports import AttemptFiles, TaskFiles, WorkerIdentity, WorkQueue
+from flowyard.core.retry import after_failure
+from flowyard.core.task import Task
+from flowyard.services.run_context import RunContext
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from core.errors import FlowFailed, NotFound, OutputNotFound, UploadTooLarge
-from core.events import FileRef
-from core.files import guess_media_type, safe_file_name
-from core.ports import AttemptFiles
-from core.task import Task
+from flowyard.core.errors import FlowFailed, NotFound, OutputNotFound, UploadTooLarge
+from flowyard.core.events import FileRef
+from flowyard.core.files import guess_media_type, safe_file_name
+from flowyard.core.ports import AttemptFiles
+from flowyard.core.task import Task
 
 
 class LocalFileStore:

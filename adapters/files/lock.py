@@ -15,7 +15,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from core.errors import DataDirInUse
+from flowyard.core.errors import DataDirInUse
 
 LOCK_NAME = "flowyard.lock"
 

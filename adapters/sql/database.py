@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.sql.engine import dialect_name, unavailable
-from core.events import Event
+from flowyard.adapters.sql.engine import dialect_name, unavailable
+from flowyard.core.events import Event
 
 log = logging.getLogger(__name__)
 

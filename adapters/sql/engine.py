@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from core.errors import SchemaMissing, Unavailable
-from core.settings import normalise_database_uri
+from flowyard.core.errors import SchemaMissing, Unavailable
+from flowyard.core.settings import normalise_database_uri
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.rows import event_from_row, task_from_row
-from adapters.sql.schema import events, tasks
-from core.events import Event
-from core.replay import EventFilter
-from core.task import Task
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.rows import event_from_row, task_from_row
+from flowyard.adapters.sql.schema import events, tasks
+from flowyard.core.events import Event
+from flowyard.core.replay import EventFilter
+from flowyard.core.task import Task
 
 BATCH = 500
 

@@ -11,10 +11,10 @@ from collections.abc import Collection
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.rows import event_from_row
-from adapters.sql.schema import events
-from core.events import Event
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.rows import event_from_row
+from flowyard.adapters.sql.schema import events
+from flowyard.core.events import Event
 
 MAX_SEQS_PER_QUERY = 1000
 

@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.rows import task_from_row
-from adapters.sql.schema import events, tasks
-from core.events import Event, parse_event, utcnow
-from core.task import Task
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.rows import task_from_row
+from flowyard.adapters.sql.schema import events, tasks
+from flowyard.core.events import Event, parse_event, utcnow
+from flowyard.core.task import Task
 
 LAG_COUNT_CAP = 10_000
 """The health check counts at most this many pending events (never a full COUNT(*))."""

@@ -26,10 +26,10 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from adapters.sql.database import Database, Tx
-from adapters.sql.rows import task_from_row, task_values
-from adapters.sql.schema import events, tasks, workers
-from adapters.sql.task_store import (
+from flowyard.adapters.sql.database import Database, Tx
+from flowyard.adapters.sql.rows import task_from_row, task_values
+from flowyard.adapters.sql.schema import events, tasks, workers
+from flowyard.adapters.sql.task_store import (
     append_event,
     append_events,
     forget_work_sent,
@@ -37,9 +37,9 @@ from adapters.sql.task_store import (
     needs_new_work,
     write_task,
 )
-from core.errors import Conflict
-from core.events import Event, TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
-from core.redelivery import (
+from flowyard.core.errors import Conflict
+from flowyard.core.events import Event, TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
+from flowyard.core.redelivery import (
     NATS_WORKER_PREFIX,
     UNREPORTED_WORKER,
     LeaseAnswer,
@@ -48,7 +48,7 @@ from core.redelivery import (
     catch_up,
     is_nats_worker,
 )
-from core.task import Task, TaskState, apply, lease_expired
+from flowyard.core.task import Task, TaskState, apply, lease_expired
 
 log = logging.getLogger(__name__)
 

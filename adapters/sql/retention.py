@@ -18,15 +18,15 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.schema import (
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.schema import (
     events,
     idempotency_keys,
     tasks,
     webhook_attempts,
     webhook_deliveries,
 )
-from core.task import FINISHED
+from flowyard.core.task import FINISHED
 
 
 @dataclass

@@ -6,8 +6,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from core.events import Event, FileRef, parse_event
-from core.task import Task, TaskState
+from flowyard.core.events import Event, FileRef, parse_event
+from flowyard.core.task import Task, TaskState
 
 
 def task_from_row(row: sa.Row[Any] | sa.RowMapping) -> Task:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.schema import tasks
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.schema import tasks
 
 UNFINISHED = ("queued", "running")
 

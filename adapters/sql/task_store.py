@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from adapters.sql.database import Database, Tx
-from adapters.sql.rows import event_from_row, event_values, task_from_row, task_values
-from adapters.sql.schema import events, idempotency_keys, tasks, workers
-from core.errors import Conflict, TaskNotFound
-from core.events import Event, TaskCreated, TaskRequeued, TaskRetried
-from core.ports import WorkerIdentity
-from core.task import Task, TaskState, apply
+from flowyard.adapters.sql.database import Database, Tx
+from flowyard.adapters.sql.rows import event_from_row, event_values, task_from_row, task_values
+from flowyard.adapters.sql.schema import events, idempotency_keys, tasks, workers
+from flowyard.core.errors import Conflict, TaskNotFound
+from flowyard.core.events import Event, TaskCreated, TaskRequeued, TaskRetried
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.task import Task, TaskState, apply
 
 
 class SqlTaskStore:

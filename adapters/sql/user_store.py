@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.passwords import (
+from flowyard.adapters.passwords import (
     burn_verify,
     generate_token,
     hash_password,
@@ -31,11 +31,11 @@ from adapters.passwords import (
     token_digest,
     verify_password,
 )
-from adapters.sql.database import Database
-from adapters.sql.schema import tokens, users
-from core.errors import Conflict, InvalidInput, TokenNotFound, UserExists, UserNotFound
-from core.events import utcnow
-from core.identity import (
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.schema import tokens, users
+from flowyard.core.errors import Conflict, InvalidInput, TokenNotFound, UserExists, UserNotFound
+from flowyard.core.events import utcnow
+from flowyard.core.identity import (
     TOKEN_PREFIX,
     ApiToken,
     Role,

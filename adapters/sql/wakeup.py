@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sql.database import Database, Tx
-from core.events import Event
+from flowyard.adapters.sql.database import Database, Tx
+from flowyard.core.events import Event
 
 log = logging.getLogger(__name__)
 

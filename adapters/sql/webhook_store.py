@@ -26,11 +26,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.sql.database import Database, Tx
-from adapters.sql.schema import webhook_attempts, webhook_deliveries, webhooks
-from core.errors import WebhookNotFound
-from core.events import Event, utcnow
-from core.webhook import (
+from flowyard.adapters.sql.database import Database, Tx
+from flowyard.adapters.sql.schema import webhook_attempts, webhook_deliveries, webhooks
+from flowyard.core.errors import WebhookNotFound
+from flowyard.core.events import Event, utcnow
+from flowyard.core.webhook import (
     DeliveryStatus,
     Outcome,
     RetryPolicy,

@@ -24,15 +24,15 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database, Tx
-from adapters.sql.rows import task_from_row
-from adapters.sql.schema import tasks
-from adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
-from core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
-from core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
-from core.ports import Heartbeat, WorkerIdentity
-from core.redelivery import NATS_WORKER_PREFIX
-from core.task import Task, TaskState, apply, lease_expired
+from flowyard.adapters.sql.database import Database, Tx
+from flowyard.adapters.sql.rows import task_from_row
+from flowyard.adapters.sql.schema import tasks
+from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
+from flowyard.core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
+from flowyard.core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
+from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.redelivery import NATS_WORKER_PREFIX
+from flowyard.core.task import Task, TaskState, apply, lease_expired
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import yaml
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
-from bus.nats.server_consumer import register_server_handlers
-from bus.nats.streams import EVENTS_STREAM, PREFIX, WORK_STREAM_PREFIX
-from bus.nats.work_queue import WorkerPresence
-from core.events import (
+from flowyard.bus.nats.server_consumer import register_server_handlers
+from flowyard.bus.nats.streams import EVENTS_STREAM, PREFIX, WORK_STREAM_PREFIX
+from flowyard.bus.nats.work_queue import WorkerPresence
+from flowyard.core.events import (
     TaskCancelRequested,
     TaskClaimed,
     TaskCreated,
@@ -30,8 +30,8 @@ from core.events import (
     TaskRequeued,
     TaskRetried,
 )
-from core.ports import WorkerIdentity
-from core.redelivery import LeaseAnswer, Outcome, WorkerEvent
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.redelivery import LeaseAnswer, Outcome, WorkerEvent
 
 VERSION = "1.0.0"
 

@@ -30,7 +30,7 @@ from nats.js.object_store import (
 )
 from pydantic import BaseModel
 
-from bus.nats.streams import (
+from flowyard.bus.nats.streams import (
     PREFIX,
     WORKER_EVENT_KINDS,
     cancel_subject,
@@ -41,9 +41,9 @@ from bus.nats.streams import (
     worker_event_filters,
     workers_subject,
 )
-from core.errors import ConfigError
-from core.events import name_token, token
-from core.identity import USER_NAME, Role
+from flowyard.core.errors import ConfigError
+from flowyard.core.events import name_token, token
+from flowyard.core.identity import USER_NAME, Role
 
 ACCOUNT = "FLOWYARD"
 DEFAULT_SERVER_USER = "flowyard-server"

@@ -24,8 +24,8 @@ from faststream.security import BaseSecurity
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from core.errors import ConfigError, Unavailable
-from core.settings import Settings
+from flowyard.core.errors import ConfigError, Unavailable
+from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

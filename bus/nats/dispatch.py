@@ -19,8 +19,8 @@ from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
-from bus.nats.streams import (
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from flowyard.bus.nats.streams import (
     ATTEMPT_BASE,
     MSG_ID,
     ensure_consumer,
@@ -32,8 +32,8 @@ from bus.nats.streams import (
     work_stream_config,
     work_subject,
 )
-from core.events import TaskCreated, token
-from core.task import Task
+from flowyard.core.events import TaskCreated, token
+from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.broker import TRANSIENT, unavailable
 
 API_PREFIX = "$JS.API"
 TERMINAL = frozenset({"404", "408", "409"})

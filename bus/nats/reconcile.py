@@ -43,18 +43,18 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from bus.nats.broker import TRANSIENT, unavailable
-from bus.nats.dispatch import WorkDispatcher, created_of
-from bus.nats.streams import (
+from flowyard.bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
+from flowyard.bus.nats.streams import (
     EVENTS_STREAM,
     SERVER_CONSUMER,
     work_consumer,
     work_stream,
     work_subject,
 )
-from core.errors import FlowyardError, Unavailable
-from core.events import Event, TaskCreated, TaskDone, TaskRequeued, utcnow
-from core.task import Task
+from flowyard.core.errors import FlowyardError, Unavailable
+from flowyard.core.events import Event, TaskCreated, TaskDone, TaskRequeued, utcnow
+from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from typing import Protocol
 
 from faststream.nats import NatsBroker
 
-from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
-from bus.nats.dispatch import WorkDispatcher, created_of
-from bus.nats.streams import EVENTS_STREAM, MSG_ID, ORIGIN, event_subject
-from core.errors import FlowyardError, Unavailable
-from core.events import Event, TaskCreated, TaskRetried, utcnow
-from core.task import Task, TaskState
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
+from flowyard.bus.nats.streams import EVENTS_STREAM, MSG_ID, ORIGIN, event_subject
+from flowyard.core.errors import FlowyardError, Unavailable
+from flowyard.core.events import Event, TaskCreated, TaskRetried, utcnow
+from flowyard.core.task import Task, TaskState
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from bus.nats.dispatch import WorkDispatcher, created_of
-from core.errors import FlowyardError, Unavailable
-from core.events import utcnow
-from core.task import Task
+from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
+from flowyard.core.errors import FlowyardError, Unavailable
+from flowyard.core.events import utcnow
+from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
 

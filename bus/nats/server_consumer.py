@@ -38,10 +38,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from bus.nats.auth_config import WHOAMI_SUBJECTS, WhoAmIReply, whoami_login
-from bus.nats.broker import TRANSIENT, unavailable
-from bus.nats.pull import Puller
-from bus.nats.streams import (
+from flowyard.bus.nats.auth_config import WHOAMI_SUBJECTS, WhoAmIReply, whoami_login
+from flowyard.bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.pull import Puller
+from flowyard.bus.nats.streams import (
     ADVISORY_STREAM,
     ATTEMPT_BASE,
     EVENTS_STREAM,
@@ -51,11 +51,11 @@ from bus.nats.streams import (
     WORK_STREAM_PREFIX,
     WORKER,
 )
-from bus.nats.work_queue import LeaseReply, LeaseRequest, WorkerPresence
-from core.errors import FlowyardError, Unavailable
-from core.events import Event, TaskCreated, TaskDone, parse_event, token, utcnow
-from core.ports import WorkerIdentity
-from core.redelivery import NATS_WORKER_PREFIX, LeaseAnswer, Outcome, WorkerEvent
+from flowyard.bus.nats.work_queue import LeaseReply, LeaseRequest, WorkerPresence
+from flowyard.core.errors import FlowyardError, Unavailable
+from flowyard.core.events import Event, TaskCreated, TaskDone, parse_event, token, utcnow
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.redelivery import NATS_WORKER_PREFIX, LeaseAnswer, Outcome, WorkerEvent
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from core.errors import ConfigError
-from core.events import name_token, token
+from flowyard.core.errors import ConfigError
+from flowyard.core.events import name_token, token
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from bus.nats.broker import TRANSIENT, unavailable
-from bus.nats.dispatch import WorkDispatcher
-from bus.nats.streams import (
+from flowyard.bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.dispatch import WorkDispatcher
+from flowyard.bus.nats.streams import (
     ADVISORY_STREAM,
     EVENTS_STREAM,
     advisory_consumer_config,
@@ -32,7 +32,7 @@ from bus.nats.streams import (
     ensure_stream,
     server_consumer_config,
 )
-from core.errors import FlowyardError
+from flowyard.core.errors import FlowyardError
 
 log = logging.getLogger(__name__)
 

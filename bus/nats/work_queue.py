@@ -40,9 +40,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, Field, ValidationError
 
-from bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
-from bus.nats.pull import Puller
-from bus.nats.streams import (
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from flowyard.bus.nats.pull import Puller
+from flowyard.bus.nats.streams import (
     ATTEMPT_BASE,
     EVENTS_STREAM,
     MSG_ID,
@@ -55,8 +55,8 @@ from bus.nats.streams import (
     split_work_subject,
     workers_subject,
 )
-from core.errors import LeaseLost, Unavailable
-from core.events import (
+from flowyard.core.errors import LeaseLost, Unavailable
+from flowyard.core.events import (
     Event,
     TaskCancelRequested,
     TaskClaimed,
@@ -69,8 +69,8 @@ from core.events import (
     token,
     utcnow,
 )
-from core.ports import Heartbeat, WorkerIdentity
-from core.task import Task, TaskState
+from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.task import Task, TaskState
 
 log = logging.getLogger(__name__)
 

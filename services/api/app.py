@@ -7,10 +7,20 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from core.settings import Settings
-from services.api import errors, events, openapi, ops, pages, system, tasks, users, webhooks
-from services.api.edge import EdgeGuard
-from services.runtime import Runtime
+from flowyard.core.settings import Settings
+from flowyard.services.api import (
+    errors,
+    events,
+    openapi,
+    ops,
+    pages,
+    system,
+    tasks,
+    users,
+    webhooks,
+)
+from flowyard.services.api.edge import EdgeGuard
+from flowyard.services.runtime import Runtime
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:

@@ -15,9 +15,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from core.errors import Forbidden, Unauthenticated
-from core.identity import Principal
-from services.auth_service import Authenticator, csrf_matches
+from flowyard.core.errors import Forbidden, Unauthenticated
+from flowyard.core.identity import Principal
+from flowyard.services.auth_service import Authenticator, csrf_matches
 
 SESSION_COOKIE = "flowyard_session"
 CSRF_HEADER = "x-csrf-token"

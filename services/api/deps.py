@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from services.runtime import Runtime
+from flowyard.services.runtime import Runtime
 
 
 def runtime(request: Request) -> Runtime:

@@ -28,8 +28,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import FlowyardError, InvalidInput, RequestTooLarge, UnsupportedMediaType
-from services.api.errors import error_body, status_for
+from flowyard.core.errors import FlowyardError, InvalidInput, RequestTooLarge, UnsupportedMediaType
+from flowyard.services.api.errors import error_body, status_for
 
 JSON_TYPES = frozenset({"application/json"})
 MULTIPART = "multipart/form-data"

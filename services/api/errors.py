@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from core.errors import (
+from flowyard.core.errors import (
     ConfigError,
     Conflict,
     FlowyardError,
@@ -27,7 +27,7 @@ from core.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from services.api.schemas import Error
+from flowyard.services.api.schemas import Error
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from core.events import Event
-from core.identity import Principal
-from services.api.auth import Caller, principal
-from services.api.deps import runtime
-from services.api.openapi import EVENT_STREAM_RESPONSE
-from services.runtime import Runtime
+from flowyard.core.events import Event
+from flowyard.core.identity import Principal
+from flowyard.services.api.auth import Caller, principal
+from flowyard.services.api.deps import runtime
+from flowyard.services.api.openapi import EVENT_STREAM_RESPONSE
+from flowyard.services.runtime import Runtime
 
 router = APIRouter(prefix="/api/events", tags=["events"], dependencies=[Depends(principal)])
 KEEPALIVE_SECONDS = 15.0

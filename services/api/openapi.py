@@ -26,10 +26,10 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
-from core.settings import MAX_INPUT_FILES
-from services.api.auth import SAFE_METHODS, admin, principal
-from services.api.errors import WHEN
-from services.api.schemas import CreateTask, Error
+from flowyard.core.settings import MAX_INPUT_FILES
+from flowyard.services.api.auth import SAFE_METHODS, admin, principal
+from flowyard.services.api.errors import WHEN
+from flowyard.services.api.schemas import CreateTask, Error
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.api.auth import Admin
-from services.api.deps import runtime
+from flowyard.services.api.auth import Admin
+from flowyard.services.api.deps import runtime
 
 READY_TIMEOUT_SECONDS = 2.0
 """A database that does not answer ``SELECT 1`` within this is not ready."""

@@ -10,8 +10,8 @@ from urllib.parse import quote
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from pydantic_core import PydanticCustomError
 
-from core.events import ChainStep, FileRef
-from core.task import Task, TaskState
+from flowyard.core.events import ChainStep, FileRef
+from flowyard.core.task import Task, TaskState
 
 
 class InputOut(BaseModel):

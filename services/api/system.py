@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 
-from core.events import utcnow
-from services.api.auth import Caller, principal
-from services.api.deps import runtime
-from services.api.schemas import WorkerOut
-from services.runtime import Runtime
+from flowyard.core.events import utcnow
+from flowyard.services.api.auth import Caller, principal
+from flowyard.services.api.deps import runtime
+from flowyard.services.api.schemas import WorkerOut
+from flowyard.services.runtime import Runtime
 
 router = APIRouter(prefix="/api", tags=["system"], dependencies=[Depends(principal)])
 health_router = APIRouter(prefix="/api", tags=["system"])

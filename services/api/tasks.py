@@ -18,17 +18,17 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from core.errors import InvalidInput, ParamsTooLarge, UnsupportedMediaType
-from core.events import ChainStep
-from core.identity import Principal
-from core.settings import MAX_INPUT_FILES
-from core.task import Task, TaskState
-from services.api.auth import Admin, Caller, principal
-from services.api.deps import runtime
-from services.api.edge import MULTIPART, URLENCODED, check_text, is_json, media_type
-from services.api.edge import parse_json_object as parse_params_text
-from services.api.openapi import CREATE_TASK_BODY, FILE_RESPONSE
-from services.api.schemas import (
+from flowyard.core.errors import InvalidInput, ParamsTooLarge, UnsupportedMediaType
+from flowyard.core.events import ChainStep
+from flowyard.core.identity import Principal
+from flowyard.core.settings import MAX_INPUT_FILES
+from flowyard.core.task import Task, TaskState
+from flowyard.services.api.auth import Admin, Caller, principal
+from flowyard.services.api.deps import runtime
+from flowyard.services.api.edge import MULTIPART, URLENCODED, check_text, is_json, media_type
+from flowyard.services.api.edge import parse_json_object as parse_params_text
+from flowyard.services.api.openapi import CREATE_TASK_BODY, FILE_RESPONSE
+from flowyard.services.api.schemas import (
     MAX_INT,
     BatchOut,
     CreateBatch,
@@ -38,8 +38,8 @@ from services.api.schemas import (
     TaskPage,
     UpdateTask,
 )
-from services.runtime import Runtime
-from services.task_service import NewTask, Upload
+from flowyard.services.runtime import Runtime
+from flowyard.services.task_service import NewTask, Upload
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[Depends(principal)])
 Rt = Annotated[Runtime, Depends(runtime)]

@@ -11,11 +11,18 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
-from adapters.sql.user_store import SqlUserStore
-from core.errors import Unauthenticated
-from core.events import utcnow
-from core.identity import MIN_PASSWORD_LENGTH, USER_NAME, ApiToken, Role, User, check_user_name
-from services.api.auth import (
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.core.errors import Unauthenticated
+from flowyard.core.events import utcnow
+from flowyard.core.identity import (
+    MIN_PASSWORD_LENGTH,
+    USER_NAME,
+    ApiToken,
+    Role,
+    User,
+    check_user_name,
+)
+from flowyard.services.api.auth import (
     SESSION_COOKIE,
     Admin,
     Caller,
@@ -23,8 +30,8 @@ from services.api.auth import (
     client_address,
     principal,
 )
-from services.api.errors import documented
-from services.auth_service import Authenticator, csrf_token
+from flowyard.services.api.errors import documented
+from flowyard.services.auth_service import Authenticator, csrf_token
 
 public = APIRouter(prefix="/api", tags=["users"])
 router = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(principal)])

@@ -12,13 +12,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.sql.webhook_store import AttemptRecord, Delivery
-from core.events import EVENT_TYPES
-from core.webhook import DeliveryStatus, Subscription
-from services.api.auth import Caller, principal
-from services.api.deps import runtime
-from services.runtime import Runtime
-from services.webhook_service import NewWebhook
+from flowyard.adapters.sql.webhook_store import AttemptRecord, Delivery
+from flowyard.core.events import EVENT_TYPES
+from flowyard.core.webhook import DeliveryStatus, Subscription
+from flowyard.services.api.auth import Caller, principal
+from flowyard.services.api.deps import runtime
+from flowyard.services.runtime import Runtime
+from flowyard.services.webhook_service import NewWebhook
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], dependencies=[Depends(principal)])
 Rt = Annotated[Runtime, Depends(runtime)]

@@ -15,7 +15,7 @@ def asyncapi_command(
     ] = None,
 ) -> None:
     """Print the AsyncAPI 3 description of the NATS subjects (YAML); docs/asyncapi.yaml is one."""
-    from bus.nats.asyncapi import asyncapi_yaml
+    from flowyard.bus.nats.asyncapi import asyncapi_yaml
 
     text = asyncapi_yaml()
     if output is None:

@@ -27,8 +27,8 @@ import httpx
 import typer
 from httpx_sse import EventSource, aconnect_sse
 
-from core import errors
-from core.errors import (
+from flowyard.core import errors
+from flowyard.core.errors import (
     ConfigError,
     Conflict,
     FlowyardError,

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from core.errors import ConfigError
-from core.settings import Settings
-from services.config import load_settings_traced, parse_assignments
-from services.config_docs import is_secret, plain, render_markdown, render_yaml
+from flowyard.core.errors import ConfigError
+from flowyard.core.settings import Settings
+from flowyard.services.config import load_settings_traced, parse_assignments
+from flowyard.services.config_docs import is_secret, plain, render_markdown, render_yaml
 
 config_app = typer.Typer(
     no_args_is_help=True,

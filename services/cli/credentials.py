@@ -32,8 +32,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from core.errors import ConfigError
-from services.cli.client import BearerAuth, normalise_server
+from flowyard.core.errors import ConfigError
+from flowyard.services.cli.client import BearerAuth, normalise_server
 
 TOKEN_ENVVAR = "FLOWYARD_TOKEN"
 USER_ENVVAR = "FLOWYARD_USER"

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from adapters.sql.engine import check_schema, head_revision, make_engine, safe_url, upgrade
-from core.errors import ConfigError
+from flowyard.adapters.sql.engine import check_schema, head_revision, make_engine, safe_url, upgrade
+from flowyard.core.errors import ConfigError
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema commands.")
 

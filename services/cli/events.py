@@ -27,18 +27,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from core.errors import ConfigError, InvalidInput, TaskNotFound, Unavailable
-from core.events import EVENT_TYPES, utcnow
-from core.replay import EventFilter, parse_point
-from core.settings import Settings
-from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from services.cli.credentials import TokenOption, UserOption, resolve_auth
-from services.cli.output import err_console, print_json_line
-from services.config import load_settings
+from flowyard.core.errors import ConfigError, InvalidInput, TaskNotFound, Unavailable
+from flowyard.core.events import EVENT_TYPES, utcnow
+from flowyard.core.replay import EventFilter, parse_point
+from flowyard.core.settings import Settings
+from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.output import err_console, print_json_line
+from flowyard.services.config import load_settings
 
 if TYPE_CHECKING:  # the database and NATS clients load only when replay runs
-    from adapters.sql.database import Database
-    from services.event_replay import EventLog, RebuildReport
+    from flowyard.adapters.sql.database import Database
+    from flowyard.services.event_replay import EventLog, RebuildReport
 
 events_app = typer.Typer(
     help="Follow live events, or replay the event log (admin).", no_args_is_help=True
@@ -185,8 +185,8 @@ def _target(value: str) -> uuid.UUID | None:
 
 def _database(settings: Settings) -> Database:
     """The configured database, never a new empty SQLite file made by mistake."""
-    from adapters.sql.database import Database
-    from adapters.sql.engine import make_engine
+    from flowyard.adapters.sql.database import Database
+    from flowyard.adapters.sql.engine import make_engine
 
     if settings.database_uri is None:
         path = (settings.data_dir / "flowyard.db").resolve()
@@ -201,8 +201,8 @@ def _database(settings: Settings) -> Database:
 async def _replay(
     settings: Settings, selected: EventFilter, webhook_id: uuid.UUID | None, rebuild: bool
 ) -> int:
-    from adapters.sql.engine import check_schema, safe_url
-    from services.event_replay import JetStreamEventLog, SqlEventLog, rebuild_and_compare
+    from flowyard.adapters.sql.engine import check_schema, safe_url
+    from flowyard.services.event_replay import JetStreamEventLog, SqlEventLog, rebuild_and_compare
 
     needs_db = rebuild or webhook_id is not None or not settings.nats_url
     db = _database(settings) if needs_db else None
@@ -250,8 +250,8 @@ async def _to_webhook(
     settings: Settings,
     advance: Any,
 ) -> int:
-    from adapters.sql.webhook_store import SqlWebhookStore
-    from services.event_replay import replay_to_webhook
+    from flowyard.adapters.sql.webhook_store import SqlWebhookStore
+    from flowyard.services.event_replay import replay_to_webhook
 
     store = SqlWebhookStore(db)
     sub = await store.get(webhook_id)

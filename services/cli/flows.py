@@ -16,9 +16,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from services.cli.credentials import TokenOption, UserOption, resolve_auth
-from services.cli.output import console, print_json_line
+from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.output import console, print_json_line
 
 flows_app = typer.Typer(help="Flows the server can run.", no_args_is_help=True)
 

@@ -18,21 +18,21 @@ import httpx
 import typer
 from rich.text import Text
 
-from core.errors import (
+from flowyard.core.errors import (
     ConfigError,
     FlowyardError,
     NotFound,
     TooManyAttempts,
     Unauthenticated,
 )
-from services.cli.client import (
+from flowyard.services.cli.client import (
     DEFAULT_SERVER,
     ApiClient,
     BearerAuth,
     ServerOption,
     normalise_server,
 )
-from services.cli.credentials import (
+from flowyard.services.cli.credentials import (
     USER_ENVVAR,
     StoredToken,
     UserOption,
@@ -42,7 +42,7 @@ from services.cli.credentials import (
     save_token,
     stored_token,
 )
-from services.cli.output import console, err_console
+from flowyard.services.cli.output import console, err_console
 
 DEFAULT_EXPIRES_DAYS = 90
 

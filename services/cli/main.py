@@ -23,7 +23,7 @@ import typer
 from typer import _click
 from typer.core import TyperCommand, TyperGroup
 
-from core.errors import FlowyardError
+from flowyard.core.errors import FlowyardError
 
 if TYPE_CHECKING:
     import httpx
@@ -55,69 +55,71 @@ class LazyCommand:
 
 COMMANDS: dict[str, LazyCommand] = {
     "run": LazyCommand(
-        "services.cli.run",
+        "flowyard.services.cli.run",
         "run_command",
         "Submit a task to a flow; with --wait follow it and download its outputs.",
     ),
     "login": LazyCommand(
-        "services.cli.login",
+        "flowyard.services.cli.login",
         "login_command",
         "Sign in with a password and save an API token for the server (the password is not kept).",
     ),
     "logout": LazyCommand(
-        "services.cli.login",
+        "flowyard.services.cli.login",
         "logout_command",
         "Revoke the saved token on the server and forget it here.",
     ),
     "serve": LazyCommand(
-        "services.cli.serve",
+        "flowyard.services.cli.serve",
         "serve_command",
         "Serve the HTTP API and web UI; in default mode also run flows, on SQLite.",
         server=True,
     ),
     "worker": LazyCommand(
-        "services.cli.worker",
+        "flowyard.services.cli.worker",
         "worker_command",
         "Claim tasks of the installed flows and run them until SIGTERM.",
         server=True,
     ),
     "asyncapi": LazyCommand(
-        "services.cli.asyncapi",
+        "flowyard.services.cli.asyncapi",
         "asyncapi_command",
         "Print the AsyncAPI 3 description of the NATS subjects (YAML); docs/asyncapi.yaml is one.",
         server=True,
     ),
-    "flows": LazyCommand("services.cli.flows", "flows_app", "Flows the server can run."),
+    "flows": LazyCommand("flowyard.services.cli.flows", "flows_app", "Flows the server can run."),
     "tasks": LazyCommand(
-        "services.cli.tasks",
+        "flowyard.services.cli.tasks",
         "tasks_app",
         "List, inspect, cancel, retry and reprioritize tasks.",
     ),
     "webhooks": LazyCommand(
-        "services.cli.webhooks",
+        "flowyard.services.cli.webhooks",
         "webhooks_app",
         "Send events to URLs (signed, retried): add, list, remove, deliveries.",
     ),
     "events": LazyCommand(
-        "services.cli.events",
+        "flowyard.services.cli.events",
         "events_app",
         "Follow live events, or replay the event log (admin).",
     ),
-    "db": LazyCommand("services.cli.db", "db_app", "Database schema commands.", server=True),
+    "db": LazyCommand(
+        "flowyard.services.cli.db", "db_app", "Database schema commands.", server=True
+    ),
     "nats": LazyCommand(
-        "services.cli.nats",
+        "flowyard.services.cli.nats",
         "nats_app",
         "NATS commands: nats-server's users and permissions.",
         server=True,
     ),
     "users": LazyCommand(
-        "services.cli.users",
+        "flowyard.services.cli.users",
         "users_app",
         "Manage users and their API tokens (works on the database directly).",
         server=True,
     ),
     "config": LazyCommand(
-        "services.cli.config",
+        "flowyard.services.cli.config",
         "config_app",
         "Write a commented settings file, show the effective settings, or document them.",
         server=True,
@@ -145,7 +147,7 @@ def report_error(exc: FlowyardError | httpx.TransportError) -> int:
     """Print the one line for an expected failure; return its exit code."""
     import httpx
 
-    from services.cli.output import print_error
+    from flowyard.services.cli.output import print_error
 
     if isinstance(exc, FlowyardError):
         print_error(exc.message)
@@ -160,7 +162,7 @@ def report_error(exc: FlowyardError | httpx.TransportError) -> int:
 
 
 def _server_of(exc: httpx.TransportError) -> str:
-    from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
+    from flowyard.services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
 
     try:
         url = exc.request.url
@@ -232,7 +234,7 @@ def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     except typer.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):
             return 130
-        from services.cli.output import print_error
+        from flowyard.services.cli.output import print_error
 
         print_error("aborted")
         return 1

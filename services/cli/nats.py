@@ -16,15 +16,15 @@ from typing import Annotated
 
 import typer
 
-from adapters.nats_object_store import bucket_name
-from adapters.passwords import nats_hashable, nats_password_hash
-from adapters.sql.database import Database
-from adapters.sql.engine import check_schema, make_engine
-from adapters.sql.user_store import NatsAccount, SqlUserStore
-from bus.nats.auth_config import DEFAULT_SERVER_USER, render_auth_config
-from core.errors import ConfigError
-from services.cli.output import err_console
-from services.config import load_settings
+from flowyard.adapters.nats_object_store import bucket_name
+from flowyard.adapters.passwords import nats_hashable, nats_password_hash
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import check_schema, make_engine
+from flowyard.adapters.sql.user_store import NatsAccount, SqlUserStore
+from flowyard.bus.nats.auth_config import DEFAULT_SERVER_USER, render_auth_config
+from flowyard.core.errors import ConfigError
+from flowyard.services.cli.output import err_console
+from flowyard.services.config import load_settings
 
 nats_app = typer.Typer(
     no_args_is_help=True, help="NATS commands: nats-server's users and permissions."

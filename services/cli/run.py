@@ -30,10 +30,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from core.errors import FlowCancelled, FlowFailed, FlowyardError, InvalidInput, Unavailable
-from services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR, ApiClient, ServerOption, Upload
-from services.cli.credentials import TokenOption, UserOption, resolve_auth
-from services.cli.output import FINISHED_STATES, console, err_console, state_text, truncate
+from flowyard.core.errors import FlowCancelled, FlowFailed, FlowyardError, InvalidInput, Unavailable
+from flowyard.services.cli.client import (
+    DEFAULT_SERVER,
+    SERVER_ENVVAR,
+    ApiClient,
+    ServerOption,
+    Upload,
+)
+from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.output import FINISHED_STATES, console, err_console, state_text, truncate
 
 POLL_SECONDS = 15.0  # re-read the task this often while the stream is quiet
 RECONNECT_BASE_SECONDS = 0.5

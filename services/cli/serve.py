@@ -11,11 +11,11 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from core.errors import ConfigError
-from core.settings import Mode, Settings
-from services.api.app import create_app
-from services.config import load_settings
-from services.runtime import Runtime
+from flowyard.core.errors import ConfigError
+from flowyard.core.settings import Mode, Settings
+from flowyard.services.api.app import create_app
+from flowyard.services.config import load_settings
+from flowyard.services.runtime import Runtime
 
 log = logging.getLogger("flowyard")
 
@@ -122,7 +122,7 @@ def _mode(value: str | None) -> Mode | None:
 
 def configure_logging(settings: Settings | None = None) -> None:
     """The settings' log level, format and file (defaults before settings are loaded)."""
-    from services import logs
+    from flowyard.services import logs
 
     if settings is None:
         logs.configure_logging()

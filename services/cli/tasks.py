@@ -15,11 +15,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from core.errors import InvalidInput
-from core.task import TaskState
-from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from services.cli.credentials import TokenOption, UserOption, resolve_auth
-from services.cli.output import (
+from flowyard.core.errors import InvalidInput
+from flowyard.core.task import TaskState
+from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.output import (
     FINISHED_STATES,
     console,
     err_console,

@@ -20,14 +20,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from adapters.sql.database import Database
-from adapters.sql.engine import make_engine, upgrade
-from adapters.sql.user_store import SqlUserStore
-from core.errors import InvalidInput, UserExists, UserNotFound
-from core.events import utcnow
-from core.identity import ApiToken, Role, User, check_user_name
-from services.cli.output import console, err_console, print_json_line, short_time
-from services.config import load_settings
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import make_engine, upgrade
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.core.errors import InvalidInput, UserExists, UserNotFound
+from flowyard.core.events import utcnow
+from flowyard.core.identity import ApiToken, Role, User, check_user_name
+from flowyard.services.cli.output import console, err_console, print_json_line, short_time
+from flowyard.services.config import load_settings
 
 T = TypeVar("T")
 

@@ -12,10 +12,10 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from core.errors import InvalidInput
-from services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from services.cli.credentials import TokenOption, UserOption, resolve_auth
-from services.cli.output import console, err_console, print_json_line, short_time, truncate
+from flowyard.core.errors import InvalidInput
+from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
+from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.output import console, err_console, print_json_line, short_time, truncate
 
 webhooks_app = typer.Typer(
     help="Send events to URLs (signed, retried): add, list, remove, deliveries.",

@@ -19,10 +19,10 @@ from typing import Annotated
 
 import typer
 
-from core.errors import ConfigError
-from core.identity import TOKEN_PREFIX, token_id_of
-from services.config import load_settings
-from services.logs import configure_logging
+from flowyard.core.errors import ConfigError
+from flowyard.core.identity import TOKEN_PREFIX, token_id_of
+from flowyard.services.config import load_settings
+from flowyard.services.logs import configure_logging
 
 WORKER_AUTH_ENV = "FLOWYARD_WORKER_AUTH"
 TOKEN_ENV = "FLOWYARD_TOKEN"
@@ -188,7 +188,7 @@ def worker_command(
     take: an admin's worker every owner's, a user's worker that user's.
     """
     if gpus is not None:
-        from services.gpu_workers import gpu_list, run_per_gpu
+        from flowyard.services.gpu_workers import gpu_list, run_per_gpu
 
         devices = gpu_list(gpus)
         configure_logging()
@@ -225,14 +225,14 @@ def worker_command(
                 "give either --db (database worker) or --nats (NATS worker), not both; "
                 "a NATS worker needs no database and no --files"
             )
-        from services.nats_worker import run_nats_worker
+        from flowyard.services.nats_worker import run_nats_worker
 
         configure_logging(settings.log_level, settings.log_format, settings.log_file)
         asyncio.run(
             run_nats_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
         )
         return
-    from services.db_worker import run_db_worker
+    from flowyard.services.db_worker import run_db_worker
 
     if settings.database_uri is None:
         raise ConfigError(

@@ -16,12 +16,12 @@ import httpx
 import psycopg
 import pytest
 
-from adapters.sql.wakeup import PgNotifyWaker, listen_uri
-from adapters.sql.work_queue import SqlWorkQueue
-from bus.inprocess import LocalWaker
-from core.errors import Unavailable
-from core.events import TaskCreated
-from core.ports import WorkerIdentity
+from flowyard.adapters.sql.wakeup import PgNotifyWaker, listen_uri
+from flowyard.adapters.sql.work_queue import SqlWorkQueue
+from flowyard.bus.inprocess import LocalWaker
+from flowyard.core.errors import Unavailable
+from flowyard.core.events import TaskCreated
+from flowyard.core.ports import WorkerIdentity
 from tests.integration.test_db_workers import (
     WORKER_READY,
     assert_no_crash,

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from adapters.sql.database import Database
-from adapters.sql.engine import make_engine
-from adapters.sql.user_store import SqlUserStore
-from core.events import utcnow
-from core.identity import TOKEN_PREFIX, Role, token_id_of
-from services.config import load_settings
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import make_engine
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.core.events import utcnow
+from flowyard.core.identity import TOKEN_PREFIX, Role, token_id_of
+from flowyard.services.config import load_settings
 from tests.support.processes import flowyard_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from core.settings import Settings
-from services.api.app import create_app
+from flowyard.core.settings import Settings
+from flowyard.services.api.app import create_app
 from tests.e2e.harness import ServeProcess
 from tests.support.auth import ADMIN_NAME, ADMIN_PASSWORD
 from tests.support.postgres import PostgresCluster

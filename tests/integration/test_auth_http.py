@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from adapters.sql.webhook_store import CACHE_SECONDS
+from flowyard.adapters.sql.webhook_store import CACHE_SECONDS
 from tests.support.auth import ADMIN_AUTH
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import ManagedProcess, ProcessGroup, wait_until

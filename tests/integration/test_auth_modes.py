@@ -14,10 +14,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.errors import ConfigError
-from core.settings import Settings
-from services.api.app import create_app
-from services.runtime import Runtime
+from flowyard.core.errors import ConfigError
+from flowyard.core.settings import Settings
+from flowyard.services.api.app import create_app
+from flowyard.services.runtime import Runtime
 from tests.support.auth import ADMIN_AUTH, ADMIN_PASSWORD
 from tests.support.processes import ProcessGroup
 

@@ -27,16 +27,16 @@ import psycopg
 import pytest
 from httpx_sse import aconnect_sse
 
-from adapters.sql.task_store import record_in
-from adapters.sql.wakeup import PgNotifyWaker, listen_uri
-from adapters.sql.work_queue import SqlWorkQueue
-from bus.inprocess import LocalWaker
-from core.errors import LeaseLost
-from core.events import Event, TaskCreated, TaskDone, utcnow
-from core.ports import WorkerIdentity
-from core.settings import normalise_database_uri
-from core.task import TaskState
-from services.event_tailer import EventTailer
+from flowyard.adapters.sql.task_store import record_in
+from flowyard.adapters.sql.wakeup import PgNotifyWaker, listen_uri
+from flowyard.adapters.sql.work_queue import SqlWorkQueue
+from flowyard.bus.inprocess import LocalWaker
+from flowyard.core.errors import LeaseLost
+from flowyard.core.events import Event, TaskCreated, TaskDone, utcnow
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.settings import normalise_database_uri
+from flowyard.core.task import TaskState
+from flowyard.services.event_tailer import EventTailer
 from tests.support.auth import ADMIN_AUTH
 from tests.support.processes import (
     ManagedProcess,

@@ -8,8 +8,8 @@ import httpx
 import pytest
 import torch
 
-from core.errors import ConfigError
-from services.gpu_workers import child_argv, gpu_list
+from flowyard.core.errors import ConfigError
+from flowyard.services.gpu_workers import child_argv, gpu_list
 from tests.support.auth import ADMIN_AUTH
 from tests.support.processes import ProcessGroup, wait_until
 
@@ -75,7 +75,7 @@ def test_one_worker_per_gpu_each_sees_only_its_device(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_a_gpu_worker_reports_its_device() -> None:
-    from flows.device import device_resources
+    from flowyard.flows.device import device_resources
 
     resources = device_resources("cuda")
     assert resources["device_name"]

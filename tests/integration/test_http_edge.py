@@ -16,9 +16,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
-from services.api.app import create_app
-from services.runtime import Runtime
+from flowyard.core.settings import Settings
+from flowyard.services.api.app import create_app
+from flowyard.services.runtime import Runtime
 from tests.support.auth import ADMIN_AUTH, ADMIN_NAME, ADMIN_PASSWORD
 
 pytestmark = pytest.mark.timeout(120)

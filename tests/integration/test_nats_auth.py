@@ -33,12 +33,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from PIL import Image
 
-from adapters.sql.database import Database
-from adapters.sql.engine import make_engine, upgrade
-from adapters.sql.user_store import SqlUserStore
-from bus.nats.streams import work_stream
-from core.events import TaskDone, subject_for
-from core.identity import Role
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import make_engine, upgrade
+from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.bus.nats.streams import work_stream
+from flowyard.core.events import TaskDone, subject_for
+from flowyard.core.identity import Role
 from tests.support.nats import NatsServer
 from tests.support.nats_processes import start_nats_server, start_nats_worker, wait_worker_ready
 from tests.support.processes import (

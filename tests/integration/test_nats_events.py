@@ -24,8 +24,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from bus.nats.streams import EVENTS_STREAM, MSG_ID, WORKER, work_stream
-from core.events import (
+from flowyard.bus.nats.streams import EVENTS_STREAM, MSG_ID, WORKER, work_stream
+from flowyard.core.events import (
     Event,
     TaskClaimed,
     TaskDone,

@@ -15,10 +15,10 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from adapters.nats_object_store import NatsFileTransfer, NatsTaskFiles, bucket_name
-from core.errors import InvalidInput
-from core.events import FileRef, TaskCreated, TaskDone
-from core.task import Task, TaskState
+from flowyard.adapters.nats_object_store import NatsFileTransfer, NatsTaskFiles, bucket_name
+from flowyard.core.errors import InvalidInput
+from flowyard.core.events import FileRef, TaskCreated, TaskDone
+from flowyard.core.task import Task, TaskState
 from tests.support.nats import NatsServer
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]

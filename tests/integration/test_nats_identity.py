@@ -18,8 +18,8 @@ from pathlib import Path
 import nats.errors
 import pytest
 
-from bus.nats.auth_config import WhoAmIReply, whoami_subject
-from core.identity import token_id_of
+from flowyard.bus.nats.auth_config import WhoAmIReply, whoami_subject
+from flowyard.core.identity import token_id_of
 from tests.integration.test_nats_auth import (
     PASSWORDS,
     Refusals,

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from bus.nats.streams import ADVISORY_STREAM, ATTEMPT_BASE, work_stream
+from flowyard.bus.nats.streams import ADVISORY_STREAM, ATTEMPT_BASE, work_stream
 from tests.integration.test_nats_events import claimed, done, publish, settle
 from tests.support.auth import ADMIN_AUTH
 from tests.support.nats import NatsServer

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sql.projection import SqlProjection
-from core.events import TaskClaimed, TaskCreated, TaskDone
-from core.task import TaskState, lease_expired, retry_event
+from flowyard.adapters.sql.projection import SqlProjection
+from flowyard.core.events import TaskClaimed, TaskCreated, TaskDone
+from flowyard.core.task import TaskState, lease_expired, retry_event
 from tests.support.nats import NatsServer
 from tests.support.nats_processes import (
     api,

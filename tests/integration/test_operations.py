@@ -13,12 +13,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.events import TaskClaimed, TaskCreated, TaskDone, utcnow
-from core.settings import Settings
-from services.api.app import create_app
-from services.logs import configure_logging
-from services.metrics import ServerMetrics
-from services.runtime import Runtime
+from flowyard.core.events import TaskClaimed, TaskCreated, TaskDone, utcnow
+from flowyard.core.settings import Settings
+from flowyard.services.api.app import create_app
+from flowyard.services.logs import configure_logging
+from flowyard.services.metrics import ServerMetrics
+from flowyard.services.runtime import Runtime
 from tests.support.auth import ADMIN_AUTH, ADMIN_PASSWORD
 
 pytestmark = pytest.mark.timeout(120)

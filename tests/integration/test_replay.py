@@ -26,12 +26,12 @@ import pytest
 import sqlalchemy as sa
 from nats.js.api import StreamConfig
 
-from adapters.sql.database import Database
-from adapters.sql.engine import make_engine, upgrade
-from adapters.sql.schema import tasks
-from adapters.sql.task_store import SqlTaskStore
-from adapters.webhook_sender import verify
-from core.events import (
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import make_engine, upgrade
+from flowyard.adapters.sql.schema import tasks
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.webhook_sender import verify
+from flowyard.core.events import (
     Event,
     FileRef,
     TaskCancelRequested,
@@ -43,9 +43,9 @@ from core.events import (
     subject_for,
     utcnow,
 )
-from core.replay import EventFilter
-from services.cli.main import build_app, run_cli
-from services.event_replay import STREAM, SqlEventLog, rebuild_and_compare
+from flowyard.core.replay import EventFilter
+from flowyard.services.cli.main import build_app, run_cli
+from flowyard.services.event_replay import STREAM, SqlEventLog, rebuild_and_compare
 from tests.support.auth import ADMIN_AUTH
 from tests.support.nats import NatsServer
 from tests.support.processes import (

@@ -10,15 +10,15 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.engine import check_schema, make_engine, upgrade
-from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.wakeup import PollWaker
-from adapters.sql.work_queue import SqlWorkQueue
-from core.errors import Conflict, LeaseLost, SchemaMissing, TaskNotFound
-from core.events import FileRef, TaskCreated, TaskDone, TaskProgress, utcnow
-from core.ports import WorkerIdentity
-from core.task import TaskState, rebuild
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import check_schema, make_engine, upgrade
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.wakeup import PollWaker
+from flowyard.adapters.sql.work_queue import SqlWorkQueue
+from flowyard.core.errors import Conflict, LeaseLost, SchemaMissing, TaskNotFound
+from flowyard.core.events import FileRef, TaskCreated, TaskDone, TaskProgress, utcnow
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.task import TaskState, rebuild
 
 WORKER = WorkerIdentity(id="h/w1", name="w1", host="h", flows=("debug.sleep", "image.blur"))
 

@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from adapters.sql.projection import SqlProjection
-from adapters.sql.retention import SqlRetention
-from adapters.sql.schema import webhook_deliveries
-from adapters.sql.task_store import SqlTaskStore
-from core.errors import Conflict
-from core.events import TaskClaimed, TaskCreated, TaskDone, utcnow
+from flowyard.adapters.sql.projection import SqlProjection
+from flowyard.adapters.sql.retention import SqlRetention
+from flowyard.adapters.sql.schema import webhook_deliveries
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.core.errors import Conflict
+from flowyard.core.events import TaskClaimed, TaskCreated, TaskDone, utcnow
 from tests.support.task_db import open_store
 
 WINDOW = timedelta(hours=1)

@@ -22,8 +22,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from argon2 import PasswordHasher
 
-from adapters import passwords
-from adapters.passwords import (
+from flowyard.adapters import passwords
+from flowyard.adapters.passwords import (
     burn_verify,
     generate_token,
     hash_password,
@@ -32,11 +32,11 @@ from adapters.passwords import (
     token_digest,
     verify_password,
 )
-from adapters.sql.database import Database
-from adapters.sql.engine import MIGRATIONS, make_engine, upgrade
-from adapters.sql.schema import metadata, users, webhooks
-from adapters.sql.user_store import NatsAccount, SqlUserStore
-from core.errors import (
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import MIGRATIONS, make_engine, upgrade
+from flowyard.adapters.sql.schema import metadata, users, webhooks
+from flowyard.adapters.sql.user_store import NatsAccount, SqlUserStore
+from flowyard.core.errors import (
     Conflict,
     InvalidInput,
     TokenNotFound,
@@ -44,8 +44,8 @@ from core.errors import (
     UserNotFound,
     WeakPassword,
 )
-from core.events import utcnow
-from core.identity import TOKEN_PREFIX, Role, TokenKind, token_id_of
+from flowyard.core.events import utcnow
+from flowyard.core.identity import TOKEN_PREFIX, Role, TokenKind, token_id_of
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,19 +20,19 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from adapters.sql.database import Database
-from adapters.sql.engine import MIGRATIONS, make_engine, upgrade
-from adapters.sql.schema import webhook_deliveries
-from adapters.sql.task_store import SqlTaskStore, append_events
-from adapters.sql.webhook_store import SqlWebhookStore
-from adapters.webhook_sender import verify
-from core.errors import InvalidInput, WebhookNotFound
-from core.events import TaskClaimed, TaskCreated, TaskDone, TaskProgress, utcnow
-from core.identity import Principal, Role
-from core.settings import Settings
-from core.webhook import DeliveryStatus, Outcome, RetryPolicy, Subscription
-from services.webhook_dispatcher import WebhookDispatcher
-from services.webhook_service import NewWebhook, WebhookService, install_webhooks
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import MIGRATIONS, make_engine, upgrade
+from flowyard.adapters.sql.schema import webhook_deliveries
+from flowyard.adapters.sql.task_store import SqlTaskStore, append_events
+from flowyard.adapters.sql.webhook_store import SqlWebhookStore
+from flowyard.adapters.webhook_sender import verify
+from flowyard.core.errors import InvalidInput, WebhookNotFound
+from flowyard.core.events import TaskClaimed, TaskCreated, TaskDone, TaskProgress, utcnow
+from flowyard.core.identity import Principal, Role
+from flowyard.core.settings import Settings
+from flowyard.core.webhook import DeliveryStatus, Outcome, RetryPolicy, Subscription
+from flowyard.services.webhook_dispatcher import WebhookDispatcher
+from flowyard.services.webhook_service import NewWebhook, WebhookService, install_webhooks
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)

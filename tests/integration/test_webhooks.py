@@ -22,8 +22,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from adapters.webhook_sender import generate_secret, verify
-from services.cli.main import build_app, run_cli
+from flowyard.adapters.webhook_sender import generate_secret, verify
+from flowyard.services.cli.main import build_app, run_cli
 from tests.support.auth import ADMIN_AUTH
 from tests.support.ports import free_port
 from tests.support.processes import (

@@ -16,16 +16,16 @@ from typing import Any, ClassVar
 
 import pytest
 
-from adapters.files.local import LocalFileStore, LocalTaskFiles
-from adapters.sql.task_store import SqlTaskStore
-from adapters.sql.wakeup import PollWaker
-from adapters.sql.work_queue import SqlWorkQueue
-from core.errors import DoNotRetry, FlowFailed, FlowNotFound
-from core.events import TaskCreated
-from core.flow import Flow, FlowContext, check_cancelled
-from core.ports import WorkerIdentity
-from core.task import Task, rebuild
-from services.worker import Worker, WorkerOptions
+from flowyard.adapters.files.local import LocalFileStore, LocalTaskFiles
+from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.wakeup import PollWaker
+from flowyard.adapters.sql.work_queue import SqlWorkQueue
+from flowyard.core.errors import DoNotRetry, FlowFailed, FlowNotFound
+from flowyard.core.events import TaskCreated
+from flowyard.core.flow import Flow, FlowContext, check_cancelled
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.task import Task, rebuild
+from flowyard.services.worker import Worker, WorkerOptions
 from tests.support.task_db import open_store
 
 

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import InvalidInput
+from flowyard.core.errors import InvalidInput
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from adapters.sql.rows import task_values
-from adapters.sql.schema import tasks
-from adapters.sql.task_store import SqlTaskStore, append_events
-from core.events import TaskCreated
-from core.task import apply
+from flowyard.adapters.sql.rows import task_values
+from flowyard.adapters.sql.schema import tasks
+from flowyard.adapters.sql.task_store import SqlTaskStore, append_events
+from flowyard.core.events import TaskCreated
+from flowyard.core.task import apply
 from tests.support.auth import ADMIN_AUTH
 from tests.support.processes import ManagedProcess, ProcessError, ProcessGroup, flowyard_command
 

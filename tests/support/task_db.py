@@ -18,13 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapters.sql.database import Database
-from adapters.sql.engine import make_engine, upgrade
-from adapters.sql.rows import event_from_row
-from adapters.sql.schema import events, tasks
-from adapters.sql.task_store import SqlTaskStore, record_in
-from adapters.sql.wakeup import install_pg_notifier
-from core.events import Event, TaskClaimed, TaskCreated
+from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.engine import make_engine, upgrade
+from flowyard.adapters.sql.rows import event_from_row
+from flowyard.adapters.sql.schema import events, tasks
+from flowyard.adapters.sql.task_store import SqlTaskStore, record_in
+from flowyard.adapters.sql.wakeup import install_pg_notifier
+from flowyard.core.events import Event, TaskClaimed, TaskCreated
 
 
 @contextlib.asynccontextmanager

@@ -24,10 +24,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from core.errors import ConfigError, Forbidden, TooManyAttempts, Unauthenticated
-from services.cli import credentials
-from services.cli.client import ApiClient, BearerAuth, error_from_response, normalise_server
-from services.cli.credentials import (
+from flowyard.core.errors import ConfigError, Forbidden, TooManyAttempts, Unauthenticated
+from flowyard.services.cli import credentials
+from flowyard.services.cli.client import (
+    ApiClient,
+    BearerAuth,
+    error_from_response,
+    normalise_server,
+)
+from flowyard.services.cli.credentials import (
     StoredToken,
     TokenOption,
     UserOption,
@@ -41,7 +46,11 @@ from services.cli.credentials import (
 SERVER = "http://flowyard.test:8288"
 TASK_ID = "3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"
 AUTH_VARIABLES = ("FLOWYARD_TOKEN", "FLOWYARD_USER", "FLOWYARD_PASSWORD", "FLOWYARD_SERVER")
-SERVER_SIDE_MODULES = ("services.cli.serve", "services.cli.worker", "services.cli.users")
+SERVER_SIDE_MODULES = (
+    "flowyard.services.cli.serve",
+    "flowyard.services.cli.worker",
+    "flowyard.services.cli.users",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -411,7 +420,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
         return real(*args, transport=httpx.MockTransport(server.handle), **kwargs)
 
     for module in ("login", "tasks"):
-        monkeypatch.setattr(f"services.cli.{module}.ApiClient", client)
+        monkeypatch.setattr(f"flowyard.services.cli.{module}.ApiClient", client)
     return server
 
 
@@ -420,10 +429,10 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[typer.Typer]:
     """The client commands, with the server-side command modules stubbed out."""
     for name in SERVER_SIDE_MODULES:
         monkeypatch.setitem(sys.modules, name, _stub_module(name))
-    monkeypatch.delitem(sys.modules, "services.cli.main", raising=False)
-    main = importlib.import_module("services.cli.main")
+    monkeypatch.delitem(sys.modules, "flowyard.services.cli.main", raising=False)
+    main = importlib.import_module("flowyard.services.cli.main")
     yield main.build_app(include_server=False)
-    sys.modules.pop("services.cli.main", None)
+    sys.modules.pop("flowyard.services.cli.main", None)
 
 
 def _invoke(app: typer.Typer, *args: str, stdin: str | None = None) -> Any:

@@ -21,7 +21,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from core.errors import (
+from flowyard.core.errors import (
     Conflict,
     FlowFailed,
     FlowNotFound,
@@ -38,11 +38,11 @@ from core.errors import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
-from services.cli import run as run_module
-from services.cli.client import ApiClient, error_from_response
-from services.cli.flows import describe_params
-from services.cli.run import Follower, build_params, parse_param, parse_param_value
-from services.cli.tasks import parse_task_id
+from flowyard.services.cli import run as run_module
+from flowyard.services.cli.client import ApiClient, error_from_response
+from flowyard.services.cli.flows import describe_params
+from flowyard.services.cli.run import Follower, build_params, parse_param, parse_param_value
+from flowyard.services.cli.tasks import parse_task_id
 
 TASK_ID = "3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"
 SERVER = "http://flowyard.test"
@@ -50,7 +50,7 @@ SERVER = "http://flowyard.test"
 
 # Modules that main.py imports for the server-side commands (serve, worker). They pull in
 # the API, the database and the flows; these tests are about the client side only.
-SERVER_SIDE_MODULES = ("services.cli.serve", "services.cli.worker")
+SERVER_SIDE_MODULES = ("flowyard.services.cli.serve", "flowyard.services.cli.worker")
 
 
 def _stub_command() -> None:
@@ -69,9 +69,9 @@ def cli_main(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """``services.cli.main`` imported with the server-side command modules stubbed."""
     for name in SERVER_SIDE_MODULES:
         monkeypatch.setitem(sys.modules, name, _stub_module(name))
-    monkeypatch.delitem(sys.modules, "services.cli.main", raising=False)
-    yield importlib.import_module("services.cli.main")
-    sys.modules.pop("services.cli.main", None)
+    monkeypatch.delitem(sys.modules, "flowyard.services.cli.main", raising=False)
+    yield importlib.import_module("flowyard.services.cli.main")
+    sys.modules.pop("flowyard.services.cli.main", None)
 
 
 @pytest.fixture
@@ -81,8 +81,8 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the command must not call the server")
 
-    monkeypatch.setattr("services.cli.run.ApiClient", refuse)
-    monkeypatch.setattr("services.cli.tasks.ApiClient", refuse)
+    monkeypatch.setattr("flowyard.services.cli.run.ApiClient", refuse)
+    monkeypatch.setattr("flowyard.services.cli.tasks.ApiClient", refuse)
 
 
 # -- parameters ----------------------------------------------------------
@@ -198,7 +198,7 @@ def test_main_turns_a_flowyard_error_into_exit_1(
     async def fails(*args: Any) -> None:
         raise TaskNotFound(f"no task {TASK_ID}")
 
-    monkeypatch.setattr("services.cli.tasks._show", fails)
+    monkeypatch.setattr("flowyard.services.cli.tasks._show", fails)
     monkeypatch.setattr(sys, "argv", ["flowyard", "tasks", "show", TASK_ID])
     with pytest.raises(SystemExit) as caught:
         cli_main.main()

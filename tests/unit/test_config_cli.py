@@ -15,11 +15,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from core.errors import ConfigError
-from core.settings import Settings
-from services.cli.main import COMMANDS, build_app
-from services.config import load_settings, load_settings_traced
-from services.config_docs import FLAGS, render_markdown
+from flowyard.core.errors import ConfigError
+from flowyard.core.settings import Settings
+from flowyard.services.cli.main import COMMANDS, build_app
+from flowyard.services.config import load_settings, load_settings_traced
+from flowyard.services.config_docs import FLAGS, render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_ENV = ("FLOWYARD_ADMIN_PASSWORD", "FLOWYARD_USER", "FLOWYARD_PASSWORD")

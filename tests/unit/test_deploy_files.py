@@ -45,7 +45,7 @@ def test_dockerfile_installs_as_the_readme_says() -> None:
 def test_dockerfile_copies_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(project["tool"]["setuptools"]["package-dir"].values())
     copied = set(re.findall(r"(?m)^COPY (\w+) \./\1$", dockerfile))
     assert packages <= copied, f"the image lacks {packages - copied}"
     assert re.search(r"(?m)^COPY pyproject\.toml README\.md \./$", dockerfile)

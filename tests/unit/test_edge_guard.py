@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from services.api.edge import EdgeGuard
+from flowyard.services.api.edge import EdgeGuard
 
 JSON_LIMIT = 1000
 MULTIPART_LIMIT = 5000

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from core.events import (
+from flowyard.core.events import (
     EVENT_TYPES,
     TaskClaimed,
     TaskCreated,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import UnsafeFileName
-from core.files import MAX_NAME, safe_file_name
+from flowyard.core.errors import UnsafeFileName
+from flowyard.core.files import MAX_NAME, safe_file_name
 
 
 @pytest.mark.parametrize(

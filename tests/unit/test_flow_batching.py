@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from core.errors import FlowFailed
-from core.flow import BatchItem, Flow, FlowContext, run_items
+from flowyard.core.errors import FlowFailed
+from flowyard.core.flow import BatchItem, Flow, FlowContext, run_items
 from tests.support.flow_context import make_context
 
 

@@ -7,11 +7,11 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from core.errors import FlowNotFound
-from core.flow import Flow, FlowContext
-from flows.debug import Sleep
-from flows.image import Blur, Edges, Resize
-from flows.registry import ENTRY_POINT_GROUP, FlowRegistry, installed_flows, load_flows
+from flowyard.core.errors import FlowNotFound
+from flowyard.core.flow import Flow, FlowContext
+from flowyard.flows.debug import Sleep
+from flowyard.flows.image import Blur, Edges, Resize
+from flowyard.flows.registry import ENTRY_POINT_GROUP, FlowRegistry, installed_flows, load_flows
 
 BUILT_IN = ("debug.sleep", "image.blur", "image.edges", "image.resize")
 
@@ -56,8 +56,8 @@ def test_names_are_sorted_and_describe_follows_them() -> None:
 
 def test_a_missing_module_is_broken_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     broken = entry_point("x.broken", "nonexistent_module_xyz:Thing")
-    with caplog.at_level(logging.WARNING, logger="flows.registry"):
-        registry = load_flows([broken, entry_point("image.blur", "flows.image:Blur")])
+    with caplog.at_level(logging.WARNING, logger="flowyard.flows.registry"):
+        registry = load_flows([broken, entry_point("image.blur", "flowyard.flows.image:Blur")])
     assert registry.names() == ("image.blur",)
     reason = registry.broken["x.broken"]
     assert "nonexistent_module_xyz" in reason
@@ -69,11 +69,11 @@ def test_a_missing_module_is_broken_not_fatal(caplog: pytest.LogCaptureFixture) 
 @pytest.mark.parametrize(
     ("name", "value", "words"),
     [
-        ("image.blurry", "flows.image:Blur", "does not match Flow.name 'image.blur'"),
-        ("x.notaflow", "flows.image:BlurParams", "is not a Flow subclass"),
-        ("x.function", "flows.image:target_size", "is not a Flow subclass"),
-        ("x.abstract", "flows.image:ImageFlow", "is abstract"),
-        ("x.attr", "flows.image:NoSuchClass", "AttributeError"),
+        ("image.blurry", "flowyard.flows.image:Blur", "does not match Flow.name 'image.blur'"),
+        ("x.notaflow", "flowyard.flows.image:BlurParams", "is not a Flow subclass"),
+        ("x.function", "flowyard.flows.image:target_size", "is not a Flow subclass"),
+        ("x.abstract", "flowyard.flows.image:ImageFlow", "is abstract"),
+        ("x.attr", "flowyard.flows.image:NoSuchClass", "AttributeError"),
         ("x.params", f"{__name__}:ParamsNotAModel", "Params is not a pydantic model"),
     ],
 )
@@ -95,9 +95,9 @@ def test_an_import_that_raises_anything_is_broken(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_second_flow_with_a_taken_name_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    first = entry_point("image.blur", "flows.image:Blur")
+    first = entry_point("image.blur", "flowyard.flows.image:Blur")
     second = entry_point("image.blur", f"{__name__}:AnotherBlur")
-    with caplog.at_level(logging.WARNING, logger="flows.registry"):
+    with caplog.at_level(logging.WARNING, logger="flowyard.flows.registry"):
         registry = load_flows([first, first, second])
     assert registry.flows == {"image.blur": Blur}
     assert registry.broken == {}
@@ -122,8 +122,8 @@ def test_get_unknown_in_an_empty_registry() -> None:
 
 def _built_ins() -> list[tuple[str, str]]:
     return [
-        ("debug.sleep", "flows.debug:Sleep"),
-        ("image.blur", "flows.image:Blur"),
-        ("image.edges", "flows.image:Edges"),
-        ("image.resize", "flows.image:Resize"),
+        ("debug.sleep", "flowyard.flows.debug:Sleep"),
+        ("image.blur", "flowyard.flows.image:Blur"),
+        ("image.edges", "flowyard.flows.image:Edges"),
+        ("image.resize", "flowyard.flows.image:Resize"),
     ]

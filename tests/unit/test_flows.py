@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-import flows.debug
-import flows.image
-from core.errors import FlowCancelled, FlowFailed, InvalidInput
-from core.flow import Flow
-from flows.debug import Sleep
-from flows.image import Blur, Edges, Resize, target_size
-from flows.image_ops import gaussian_kernel, reflect_pad
+import flowyard.flows.debug
+import flowyard.flows.image
+from flowyard.core.errors import FlowCancelled, FlowFailed, InvalidInput
+from flowyard.core.flow import Flow
+from flowyard.flows.debug import Sleep
+from flowyard.flows.image import Blur, Edges, Resize, target_size
+from flowyard.flows.image_ops import gaussian_kernel, reflect_pad
 from tests.support.flow_context import LocalFlowContext, make_context
 
 WIDTH, HEIGHT = 64, 48
@@ -349,7 +349,7 @@ def test_a_huge_image_is_refused(tmp_path: Path, size: tuple[int, int]) -> None:
 def test_the_pixel_limit_is_checked_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flows.image, "MAX_PIXELS", WIDTH * HEIGHT - 1)
+    monkeypatch.setattr(flowyard.flows.image, "MAX_PIXELS", WIDTH * HEIGHT - 1)
     ctx = make_context(tmp_path, image=save(tmp_path / "in.png", noise()))
     with pytest.raises(FlowFailed, match=r"64x48 is 0\.0 megapixels"):
         run_flow(Blur, ctx)
@@ -469,7 +469,7 @@ def test_sleep_zero_seconds_never_sleeps(tmp_path: Path, monkeypatch: pytest.Mon
     def no_sleep(seconds: float) -> None:
         raise AssertionError(f"slept {seconds}s")
 
-    monkeypatch.setattr(flows.debug.time, "sleep", no_sleep)
+    monkeypatch.setattr(flowyard.flows.debug.time, "sleep", no_sleep)
     ctx = make_context(tmp_path)
     started = time.monotonic()
     run_flow(Sleep, ctx, seconds=0, steps=1000)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import Forbidden, InvalidInput, TooManyAttempts, WeakPassword
-from core.identity import (
+from flowyard.core.errors import Forbidden, InvalidInput, TooManyAttempts, WeakPassword
+from flowyard.core.identity import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     TOKEN_PREFIX,

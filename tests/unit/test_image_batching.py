@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import FlowFailed
-from core.flow import BatchItem, Flow
-from flows.image import Blur, Edges, Resize
+from flowyard.core.errors import FlowFailed
+from flowyard.core.flow import BatchItem, Flow
+from flowyard.flows.image import Blur, Edges, Resize
 from tests.support.flow_context import make_context
 
 

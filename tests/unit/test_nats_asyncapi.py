@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from services.cli.main import app, run_cli
+from flowyard.services.cli.main import app, run_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.nats_object_store import bucket_name
-from bus.nats.auth_config import (
+from flowyard.adapters.nats_object_store import bucket_name
+from flowyard.bus.nats.auth_config import (
     WHOAMI_SUBJECTS,
     admin_permissions,
     inbox_prefix,
@@ -26,7 +26,7 @@ from bus.nats.auth_config import (
     whoami_login,
     whoami_subject,
 )
-from bus.nats.streams import (
+from flowyard.bus.nats.streams import (
     cancel_subject,
     event_subject,
     lease_subject,
@@ -34,9 +34,9 @@ from bus.nats.streams import (
     work_stream,
     workers_subject,
 )
-from core.errors import ConfigError
-from core.identity import Role
-from services.cli.worker import parse_worker_auth, worker_login
+from flowyard.core.errors import ConfigError
+from flowyard.core.identity import Role
+from flowyard.services.cli.worker import parse_worker_auth, worker_login
 
 HASH = "$2b$11$" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ./"[:53]
 SERVER_HASH = "$2b$11$" + "S" * 53

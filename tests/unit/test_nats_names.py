@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from bus.nats.broker import NatsAuth, check_url
-from bus.nats.server_consumer import check_subject
-from bus.nats.streams import (
+from flowyard.bus.nats.broker import NatsAuth, check_url
+from flowyard.bus.nats.server_consumer import check_subject
+from flowyard.bus.nats.streams import (
     cancel_subject,
     consumer_differences,
     event_subject,
@@ -28,8 +28,8 @@ from bus.nats.streams import (
     work_subject,
     workers_subject,
 )
-from core.errors import ConfigError
-from core.events import (
+from flowyard.core.errors import ConfigError
+from flowyard.core.events import (
     Event,
     TaskCancelRequested,
     TaskClaimed,
@@ -40,8 +40,8 @@ from core.events import (
     name_token,
     subject_for,
 )
-from core.redelivery import REDELIVERED, UNREPORTED_WORKER, catch_up
-from core.task import Task, TaskState, apply
+from flowyard.core.redelivery import REDELIVERED, UNREPORTED_WORKER, catch_up
+from flowyard.core.task import Task, TaskState, apply
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = uuid.uuid4()

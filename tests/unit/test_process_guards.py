@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.files.lock import LOCK_NAME, DataDirLock
-from bus.inprocess import EventHub
-from core.errors import DataDirInUse
-from core.settings import MAX_INPUT_FILES, Settings
+from flowyard.adapters.files.lock import LOCK_NAME, DataDirLock
+from flowyard.bus.inprocess import EventHub
+from flowyard.core.errors import DataDirInUse
+from flowyard.core.settings import MAX_INPUT_FILES, Settings
 
 
 def test_a_second_lock_on_the_folder_names_the_holder(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from bus.nats.reconcile import Cursor, Reconciler
-from core.events import Event, TaskCreated, TaskDone, utcnow
-from core.task import Task, apply
+from flowyard.bus.nats.reconcile import Cursor, Reconciler
+from flowyard.core.events import Event, TaskCreated, TaskDone, utcnow
+from flowyard.core.task import Task, apply
 
 
 def queued_task(attempt: int = 0) -> Task:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import DoNotRetry, FlowCancelled, FlowFailed, FlowTimedOut
-from core.events import TaskClaimed, TaskCreated, TaskRequeued, parse_event
-from core.retry import RetryPolicy, after_failure
-from core.task import Task, TaskState, apply, lease_expired, rebuild
+from flowyard.core.errors import DoNotRetry, FlowCancelled, FlowFailed, FlowTimedOut
+from flowyard.core.events import TaskClaimed, TaskCreated, TaskRequeued, parse_event
+from flowyard.core.retry import RetryPolicy, after_failure
+from flowyard.core.task import Task, TaskState, apply, lease_expired, rebuild
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RetryPolicy(retry_on=(FlowFailed,), backoff_seconds=1.0, backoff_max_seconds=10.0)
@@ -99,7 +99,7 @@ def test_scheduled_creation_and_lease_expiry_still_counts() -> None:
 
 
 def test_retention_defaults_by_mode_and_the_event_stream_age() -> None:
-    from core.settings import Settings
+    from flowyard.core.settings import Settings
 
     assert Settings().task_retention_days is None
     assert Settings(mode="server").task_retention_days == 30
@@ -110,7 +110,7 @@ def test_retention_defaults_by_mode_and_the_event_stream_age() -> None:
 
 
 def test_free_slots_count_owners_and_admin_workers() -> None:
-    from bus.nats.scheduler import free_slots
+    from flowyard.bus.nats.scheduler import free_slots
 
     slots = [("alice", {"f"}, 2), (None, {"f", "g"}, 3), ("bob", {"g"}, 1)]
     in_use = {("alice", "f"): 4, ("bob", "f"): 1, ("bob", "g"): 0, ("carol", "h"): 0}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError, UnsafeFileName
-from core.files import safe_file_name
-from core.settings import Settings, expand_env, normalise_database_uri
-from services.config import load_settings
+from flowyard.core.errors import ConfigError, UnsafeFileName
+from flowyard.core.files import safe_file_name
+from flowyard.core.settings import Settings, expand_env, normalise_database_uri
+from flowyard.services.config import load_settings
 
 
 @pytest.mark.parametrize(

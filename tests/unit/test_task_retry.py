@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import IllegalTransition, StaleAttempt
-from core.events import (
+from flowyard.core.errors import IllegalTransition, StaleAttempt
+from flowyard.core.events import (
     Event,
     FileRef,
     TaskClaimed,
@@ -18,7 +18,7 @@ from core.events import (
     TaskRetried,
     parse_event,
 )
-from core.task import Task, TaskState, apply, lease_expired, rebuild, retry_event
+from flowyard.core.task import Task, TaskState, apply, lease_expired, rebuild, retry_event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = uuid.uuid4()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import IllegalTransition, StaleAttempt, TaskFinished
-from core.events import (
+from flowyard.core.errors import IllegalTransition, StaleAttempt, TaskFinished
+from flowyard.core.events import (
     Event,
     FileRef,
     TaskCancelRequested,
@@ -18,7 +18,7 @@ from core.events import (
     TaskProgress,
     TaskRequeued,
 )
-from core.task import Task, TaskState, apply, lease_expired, rebuild
+from flowyard.core.task import Task, TaskState, apply, lease_expired, rebuild
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = uuid.uuid4()

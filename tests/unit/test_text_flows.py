@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.errors import FlowFailed, InvalidInput
-from core.flow import BatchItem
-from flows import text
-from flows.text import Embed, Search
+from flowyard.core.errors import FlowFailed, InvalidInput
+from flowyard.core.flow import BatchItem
+from flowyard.flows import text
+from flowyard.flows.text import Embed, Search
 from tests.support.flow_context import LocalFlowContext, make_context
 
 pytestmark = pytest.mark.timeout(180)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.events import EVENT_TYPES
-from core.settings import Settings
-from services.api.app import create_app
-from services.api.pages import STATIC, UI_PATHS
+from flowyard.core.events import EVENT_TYPES
+from flowyard.core.settings import Settings
+from flowyard.services.api.app import create_app
+from flowyard.services.api.pages import STATIC, UI_PATHS
 
 
 def test_the_ui_knows_every_event_type() -> None:

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from adapters.webhook_guard import check_target, check_url, refusal
-from core.errors import InvalidInput
+from flowyard.adapters.webhook_guard import check_target, check_url, refusal
+from flowyard.core.errors import InvalidInput
 
 REFUSED = [
     "127.0.0.1",

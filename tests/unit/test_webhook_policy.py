@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import InvalidInput
-from core.events import FileRef, TaskCreated, TaskDone, TaskProgress
-from core.replay import EventFilter, Rebuilder, differences, parse_point
-from core.task import TaskState, rebuild
-from core.webhook import (
+from flowyard.core.errors import InvalidInput
+from flowyard.core.events import FileRef, TaskCreated, TaskDone, TaskProgress
+from flowyard.core.replay import EventFilter, Rebuilder, differences, parse_point
+from flowyard.core.task import TaskState, rebuild
+from flowyard.core.webhook import (
     Outcome,
     RetryPolicy,
     Subscription,

@@ -8,8 +8,14 @@ import hmac
 
 import pytest
 
-from adapters.webhook_sender import generate_secret, parse_secret, sign, signed_headers, verify
-from core.errors import InvalidInput
+from flowyard.adapters.webhook_sender import (
+    generate_secret,
+    parse_secret,
+    sign,
+    signed_headers,
+    verify,
+)
+from flowyard.core.errors import InvalidInput
 
 # The Standard Webhooks reference vector (the same in every reference library).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

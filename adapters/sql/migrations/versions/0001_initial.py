@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from adapters.sql.schema import BigId, Name, UtcDateTime
+from flowyard.adapters.sql.schema import BigId, Name, UtcDateTime
 
 revision = "0001"
 down_revision = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from adapters.sql.schema import BigId, UtcDateTime
+from flowyard.adapters.sql.schema import BigId, UtcDateTime
 
 revision = "0002"
 down_revision = "0001"

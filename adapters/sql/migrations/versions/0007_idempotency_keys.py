@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from adapters.sql.schema import Name, UtcDateTime
+from flowyard.adapters.sql.schema import Name, UtcDateTime
 
 revision = "0007"
 down_revision = "0006"

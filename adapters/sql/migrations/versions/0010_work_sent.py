@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from adapters.sql.schema import UtcDateTime
+from flowyard.adapters.sql.schema import UtcDateTime
 
 revision = "0010"
 down_revision = "0009"
