@@ -6,6 +6,7 @@ overwrote one of ours. Now only `flowyard` is ours at the top of site-packages.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,9 +31,17 @@ def run(*args: str | Path, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # built from a copy: an in-tree build would leave build/ in the checkout
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in OURS:
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
     out = tmp_path_factory.mktemp("wheel")
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-        "-q", "-w", out, ROOT, cwd=out)  # fmt: skip
+        "-q", "-w", out, source, cwd=out)  # fmt: skip
     return next(out.glob("flowyard-*.whl"))
 
 
