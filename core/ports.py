@@ -34,6 +34,22 @@ class WorkerIdentity:
     """Device, device memory, host memory: shown by ``GET /api/workers``."""
 
 
+class Waker(Protocol):
+    """How an idle loop (a worker, the event tailer) learns that something may be waiting.
+
+    ``found_work`` tells it whether the last look found anything, so polling wakers
+    back off while idle and look again soon while busy.
+    """
+
+    def clear(self) -> None: ...
+
+    async def wait(self, max_wait: float) -> None: ...
+
+    def found_work(self, found: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """What a lease extension learned."""

@@ -16,13 +16,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from flowyard.adapters.sql.event_tail import events_by_seq
 from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.adapters.sql.wakeup import EVENTS_CHANNEL, PgNotifyWaker, PollWaker, listen_uri
 from flowyard.core.errors import Unavailable
 from flowyard.core.events import Event
+from flowyard.core.ports import Waker
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,6 @@ GAP_SECONDS = 10.0
 MAX_GAPS = 5000
 """Holes tracked at once; a larger jump (a sequence cache lost in a crash) is skipped."""
 GAP_RECHECK_SECONDS = 0.1
-
-
-class Waker(Protocol):
-    def clear(self) -> None: ...
-
-    async def wait(self, max_wait: float) -> None: ...
-
-    def found_work(self, found: bool) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass

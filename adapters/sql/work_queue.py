@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,23 +30,11 @@ from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
 from flowyard.core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
 from flowyard.core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
-from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.ports import Heartbeat, Waker, WorkerIdentity
 from flowyard.core.redelivery import NATS_WORKER_PREFIX
 from flowyard.core.task import Task, TaskState, apply, lease_expired
 
 log = logging.getLogger(__name__)
-
-
-class Waker(Protocol):
-    """How an idle worker learns that work may be waiting."""
-
-    def clear(self) -> None: ...
-
-    async def wait(self, max_wait: float) -> None: ...
-
-    def found_work(self, found: bool) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class SqlWorkQueue:
