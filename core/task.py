@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,7 @@ from flowyard.core.errors import IllegalTransition, StaleAttempt, TaskFinished
 from flowyard.core.events import (
     ChainStep,
     Event,
+    EventBase,
     FileRef,
     TaskCancelRequested,
     TaskClaimed,
@@ -93,6 +94,21 @@ class Task(BaseModel):
     parent_id: uuid.UUID | None = None
     then: tuple[ChainStep, ...] = ()
     """Follow-ups created when this task succeeds (``services/chains.py``)."""
+
+
+E = TypeVar("E", bound=EventBase)
+
+
+def event_for(task: Task, kind: type[E], **fields: Any) -> E:
+    """An event about the task's current attempt: the envelope (id, flow, owner,
+    attempt) comes from the task, so no call site copies it by hand."""
+    envelope: dict[str, Any] = {
+        "task_id": task.id,
+        "flow": task.flow,
+        "owner": task.owner,
+        "attempt": task.attempt,
+    }
+    return kind(**(envelope | fields))
 
 
 def apply(task: Task | None, event: Event) -> Task:
@@ -221,11 +237,9 @@ def retry_event(task: Task, *, attempts: int, skip: int = 0) -> TaskRetried:
     work message of an earlier attempt could still get, plus one).
     """
     base = task.attempt + skip
-    return TaskRetried(
-        task_id=task.id,
-        flow=task.flow,
-        owner=task.owner,
-        attempt=task.attempt,
+    return event_for(
+        task,
+        TaskRetried,
         next_attempt=base + 1,
         max_attempts=base + attempts,
     )
@@ -315,21 +329,17 @@ def lease_expired(
     A task whose cancellation was requested ends cancelled instead: nobody wants it re-run.
     """
     if task.cancel_requested:
-        return TaskDone(
-            task_id=task.id,
-            flow=task.flow,
-            owner=task.owner,
-            attempt=task.attempt,
+        return event_for(
+            task,
+            TaskDone,
             at=now,
             status="cancelled",
             error=f"cancelled ({reason} before the worker confirmed)",
         )
     if task.attempt >= task.max_attempts:
-        return TaskDone(
-            task_id=task.id,
-            flow=task.flow,
-            owner=task.owner,
-            attempt=task.attempt,
+        return event_for(
+            task,
+            TaskDone,
             at=now,
             status="failed",
             error=(
@@ -337,11 +347,9 @@ def lease_expired(
                 "the worker stopped responding, no attempts left"
             ),
         )
-    return TaskRequeued(
-        task_id=task.id,
-        flow=task.flow,
-        owner=task.owner,
-        attempt=task.attempt,
+    return event_for(
+        task,
+        TaskRequeued,
         at=now,
         reason=f"{reason} on attempt {task.attempt}; retrying",
     )
