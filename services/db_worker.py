@@ -20,9 +20,9 @@ from flowyard.adapters.sql.wakeup import (
     install_pg_notifier,
     listen_uri,
 )
-from flowyard.adapters.sql.work_queue import SqlWorkQueue, Waker
+from flowyard.adapters.sql.work_queue import SqlWorkQueue
 from flowyard.core.errors import ConfigError
-from flowyard.core.ports import WorkerIdentity
+from flowyard.core.ports import Waker, WorkerIdentity
 from flowyard.core.settings import Settings
 from flowyard.flows.device import detect_device, device_resources
 from flowyard.flows.registry import FlowRegistry, installed_flows
