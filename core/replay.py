@@ -2,11 +2,14 @@
 
 A range bound is either a log position (an integer: the database ``seq`` or the
 JetStream stream sequence) or a time (ISO 8601, or ``30m``/``2h``/``7d`` ago).
-``--since`` is inclusive and ``--until`` exclusive, for positions and times alike.
+``since`` is inclusive and ``until`` exclusive, for positions and times alike.
 ``Rebuilder`` folds events task by task exactly as ``core.task.rebuild`` does
 (events the state machine refuses are skipped), and ``differences`` compares a
 rebuilt task with the live row, leaving out what events do not carry
 (heartbeats move ``lease_expires_at``).
+
+Errors name the filter's fields in backticks (`since`): the CLI turns them into its
+option names (--since), another caller shows them as they are.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ MESSAGE_LIMIT = 500
 """The table keeps the first 500 characters of a progress message."""
 
 
-def parse_point(value: str, option: str, now: datetime | None = None) -> Point:
-    """A log position (``120``), a time (``2026-01-31T12:00:00Z``; no zone means UTC) or an age."""
+def parse_point(value: str, field: str, now: datetime | None = None) -> Point:
+    """A log position (``120``), a time (``2026-01-31T12:00:00Z``; no zone means UTC) or an age.
+
+    ``field`` (``since``, ``until``) names the value in the error.
+    """
     text = value.strip()
     if text.isdigit():
         return int(text)
@@ -44,9 +50,9 @@ def parse_point(value: str, option: str, now: datetime | None = None) -> Point:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput(
-            f"{option}: {value!r} is neither a sequence number (120), a time "
+            f"`{field}`: {value!r} is neither a sequence number (120), a time "
             "(2026-01-31T12:00:00Z) nor an age (30m, 2h, 7d)",
-            field=option,
+            field=field,
         ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
@@ -65,20 +71,20 @@ class EventFilter:
         for kind in self.types:
             if kind not in EVENT_TYPES:
                 raise InvalidInput(
-                    f"--type: unknown event type {kind!r}; valid types: {', '.join(EVENT_TYPES)}",
-                    field="--type",
+                    f"`type`: unknown event type {kind!r}; valid types: {', '.join(EVENT_TYPES)}",
+                    field="type",
                 )
         since, until = self.since, self.until
         if isinstance(since, int) and isinstance(until, int) and since >= until:
             raise InvalidInput(
-                f"--since {since} is not before --until {until}: the range is empty "
-                "(--since is inclusive, --until exclusive)",
-                field="--since",
+                f"`since` {since} is not before `until` {until}: the range is empty "
+                "(`since` is inclusive, `until` exclusive)",
+                field="since",
             )
         if isinstance(since, datetime) and isinstance(until, datetime) and since >= until:
             raise InvalidInput(
-                f"--since {since.isoformat()} is not before --until {until.isoformat()}",
-                field="--since",
+                f"`since` {since.isoformat()} is not before `until` {until.isoformat()}",
+                field="since",
             )
 
     @property
@@ -117,9 +123,9 @@ class EventFilter:
         """Rebuilding needs every event of a task: only the task and flow narrow it."""
         if self.since is not None or self.until is not None or self.types:
             raise InvalidInput(
-                "--rebuild folds every event of each task: it takes --task and --flow, "
-                "not --since, --until or --type",
-                field="--rebuild",
+                "`rebuild` folds every event of each task: it takes `task` and `flow`, "
+                "not `since`, `until` or `type`",
+                field="rebuild",
             )
         return self
 

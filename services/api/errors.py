@@ -13,38 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from flowyard.core.errors import (
-    ConfigError,
-    Conflict,
-    FlowyardError,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    RequestTooLarge,
-    SchemaMissing,
-    TooManyAttempts,
-    Unauthenticated,
-    Unavailable,
-    UnsupportedMediaType,
-)
+from flowyard.core.errors import FlowyardError, InvalidInput, TooManyAttempts, Unauthenticated
 from flowyard.services.api.schemas import Error
+from flowyard.services.api.status import STATUS, status_for
 
 log = logging.getLogger(__name__)
 
-STATUS: tuple[tuple[type[FlowyardError], int], ...] = (
-    (TooManyAttempts, 429),
-    (Unauthenticated, 401),
-    (Forbidden, 403),
-    (RequestTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (InvalidInput, 422),
-    (NotFound, 404),
-    (Conflict, 409),
-    (Unavailable, 503),
-    (SchemaMissing, 503),
-    (ConfigError, 500),
-)
-
+__all__ = ["STATUS", "documented", "error_body", "install", "status_for"]
 
 WHEN: dict[int, str] = {
     401: "No, wrong, expired or revoked credentials",
@@ -62,13 +37,6 @@ WHEN: dict[int, str] = {
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses, all with the ``Error`` body."""
     return {status: {"model": Error, "description": WHEN[status]} for status in statuses}
-
-
-def status_for(exc: FlowyardError) -> int:
-    for kind, status in STATUS:
-        if isinstance(exc, kind):
-            return status
-    return 500
 
 
 def error_body(message: str, kind: str, field: str | None = None) -> dict[str, str | None]:

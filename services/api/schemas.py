@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from pydantic_core import PydanticCustomError
 
 from flowyard.core.events import ChainStep, FileRef
 from flowyard.core.task import Task, TaskState
+from flowyard.services.api.urls import input_path, output_path
 
 
 class InputOut(BaseModel):
@@ -87,14 +87,14 @@ def _output(task_id: uuid.UUID, ref: FileRef) -> OutputOut:
         name=ref.name,
         size=ref.size,
         media_type=ref.media_type,
-        url=f"/api/tasks/{task_id}/outputs/{quote(ref.name)}",
+        url=output_path(task_id, ref.name),
     )
 
 
 def _input(task_id: uuid.UUID, ref: FileRef) -> InputOut:
     return InputOut(
         **ref.model_dump(exclude={"path"}),
-        url=f"/api/tasks/{task_id}/inputs/{quote(ref.name)}",
+        url=input_path(task_id, ref.name),
     )
 
 

@@ -33,7 +33,7 @@ import httpx
 import typer
 
 from flowyard.core.errors import ConfigError
-from flowyard.services.cli.client import BearerAuth, normalise_server
+from flowyard.services.client import BearerAuth, normalise_server
 
 TOKEN_ENVVAR = "FLOWYARD_TOKEN"
 USER_ENVVAR = "FLOWYARD_USER"
@@ -77,6 +77,14 @@ class StoredToken:
 # -- resolving ---------------------------------------------------------------
 
 
+def server_url(server: str) -> str:
+    """``--server`` in one spelling (the key of the credentials file); a bad one names it."""
+    try:
+        return normalise_server(server)
+    except ConfigError as exc:
+        raise ConfigError(f"--server: {exc.message}") from exc
+
+
 def resolve_auth(
     server: str,
     token: str | None = None,
@@ -95,7 +103,7 @@ def resolve_auth(
         return BearerAuth(check_token(token))
     if user is not None and user.strip():
         name = user.strip()
-        return httpx.BasicAuth(name, read_password(name, normalise_server(server), env=env))
+        return httpx.BasicAuth(name, read_password(name, server_url(server), env=env))
     stored = stored_token(server, env=env)
     return BearerAuth(stored.token, stored=True) if stored is not None else None
 
@@ -149,7 +157,7 @@ def credentials_path(env: Mapping[str, str] | None = None) -> Path:
 
 def stored_token(server: str, *, env: Mapping[str, str] | None = None) -> StoredToken | None:
     """The token ``flowyard login`` saved for ``server``, or None."""
-    key = normalise_server(server)
+    key = server_url(server)
     path = credentials_path(env)
     entry = _read(path).get(key)
     return None if entry is None else _entry(entry, key, path)
@@ -159,14 +167,14 @@ def save_token(server: str, entry: StoredToken, *, env: Mapping[str, str] | None
     """Store ``entry`` for ``server`` (replacing its old one); returns the file's path."""
     path = credentials_path(env)
     data = _read(path)
-    data[normalise_server(server)] = entry.as_json()
+    data[server_url(server)] = entry.as_json()
     _write(path, data)
     return path
 
 
 def forget_token(server: str, *, env: Mapping[str, str] | None = None) -> StoredToken | None:
     """Remove the entry for ``server``; returns what was stored (None: nothing was)."""
-    key = normalise_server(server)
+    key = server_url(server)
     path = credentials_path(env)
     data = _read(path)
     if key not in data:

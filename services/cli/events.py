@@ -10,6 +10,7 @@ Events go to stdout as JSON lines; progress and summaries go to stderr.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +32,9 @@ from flowyard.core.errors import ConfigError, InvalidInput, TaskNotFound, Unavai
 from flowyard.core.events import EVENT_TYPES, utcnow
 from flowyard.core.replay import EventFilter, parse_point
 from flowyard.core.settings import Settings
-from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.aio import async_command
+from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, connect
+from flowyard.services.cli.credentials import TokenOption, UserOption
 from flowyard.services.cli.output import err_console, print_json_line
 from flowyard.services.config import load_settings
 
@@ -56,7 +58,8 @@ TypeOption = Annotated[list[str] | None, typer.Option("--type", "-t", help=TYPES
 
 
 @events_app.command("tail")
-def tail_events(
+@async_command
+async def tail_events(
     flow: FlowOption = None,
     event_type: TypeOption = None,
     server: ServerOption = DEFAULT_SERVER,
@@ -64,51 +67,66 @@ def tail_events(
     user: UserOption = None,
 ) -> None:
     """Print live events as JSON lines until interrupted (reconnects if the server restarts)."""
-    wanted = EventFilter(flow=flow, types=tuple(event_type or ()))
-    asyncio.run(_tail(server, resolve_auth(server, token, user), wanted))
-
-
-async def _tail(server: str, auth: httpx.Auth | None, wanted: EventFilter) -> None:
+    with replay_flags():
+        wanted = EventFilter(flow=flow, types=tuple(event_type or ()))
     failures = 0
-    while True:
-        try:
-            async with (
-                ApiClient(server, auth=auth) as api,
-                api.open_event_stream(None) as events,
-            ):
-                failures = 0
-                async for event in events:
-                    if _tail_matches(wanted, event):
-                        print_json_line(event)
-        except (httpx.TransportError, Unavailable) as exc:
-            failures += 1
+    async with connect(server, token, user) as api:
+        while True:
+            try:
+                async with api.open_event_stream(None) as events:
+                    failures = 0
+                    async for event in events:
+                        if wanted.flow in (None, event.flow) and (
+                            not wanted.types or event.type in wanted.types
+                        ):
+                            print_json_line(event)
+            except (httpx.TransportError, Unavailable) as exc:
+                failures += 1
+                if failures > RECONNECT_ATTEMPTS:
+                    raise
+                delay = min(RECONNECT_MAX_SECONDS, 0.25 * 2**failures)
+                err_console.print(
+                    f"event stream lost ({type(exc).__name__}); reconnecting in {delay:.1f}s "
+                    "(events in between are not shown: use 'events replay --since' for them)",
+                    style="yellow",
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures += 1  # the server closed the stream: reconnect like after an error
             if failures > RECONNECT_ATTEMPTS:
-                raise
-            delay = min(RECONNECT_MAX_SECONDS, 0.25 * 2**failures)
-            err_console.print(
-                f"event stream lost ({type(exc).__name__}); reconnecting in {delay:.1f}s "
-                "(events in between are not shown: use 'events replay --since' for them)",
-                style="yellow",
-            )
-            await asyncio.sleep(delay)
-            continue
-        failures += 1  # the server closed the stream: reconnect like after an error
-        if failures > RECONNECT_ATTEMPTS:
-            raise Unavailable(f"the server at {server} keeps closing the event stream")
-        await asyncio.sleep(min(RECONNECT_MAX_SECONDS, 0.25 * 2**failures))
+                raise Unavailable(f"the server at {api.server} keeps closing the event stream")
+            await asyncio.sleep(min(RECONNECT_MAX_SECONDS, 0.25 * 2**failures))
 
 
-def _tail_matches(wanted: EventFilter, event: dict[str, Any]) -> bool:
-    if wanted.flow is not None and event.get("flow") != wanted.flow:
-        return False
-    return not wanted.types or event.get("type") in wanted.types
+REPLAY_FLAGS = {
+    "since": "--since",
+    "until": "--until",
+    "type": "--type",
+    "rebuild": "--rebuild",
+    "task": "--task",
+    "flow": "--flow",
+}
+"""``core.replay``'s field names and the options that give them."""
+_FIELD = re.compile(r"`([a-z_]+)`")
+
+
+@contextmanager
+def replay_flags() -> Iterator[None]:
+    """``core.replay`` names fields (`since`); here the error names the option (--since)."""
+    try:
+        yield
+    except InvalidInput as exc:
+        message = _FIELD.sub(lambda m: REPLAY_FLAGS.get(m[1], m[1]), exc.message)
+        field = REPLAY_FLAGS.get(exc.field or "", exc.field)
+        raise type(exc)(message, field=field) from exc
 
 
 # -- replay ----------------------------------------------------------------
 
 
 @events_app.command("replay")
-def replay_events(
+@async_command
+async def replay_events(
     since: Annotated[
         str | None,
         typer.Option(help="From this sequence number or time (ISO 8601, or 30m/2h/7d ago)."),
@@ -143,19 +161,23 @@ def replay_events(
     """Read the event log: print it, re-deliver it to a webhook, or rebuild and diff tasks."""
     settings = load_settings(config, database_uri=db, data_dir=data_dir, nats_url=nats_url)
     now = utcnow()
-    selected = EventFilter(
-        since=parse_point(since, "--since", now) if since is not None else None,
-        until=parse_point(until, "--until", now) if until is not None else None,
-        task_id=_task_id(task),
-        flow=flow,
-        types=tuple(event_type or ()),
-    )
-    webhook_id = _target(to)
-    if rebuild:
-        if webhook_id is not None:
-            raise InvalidInput("--rebuild compares tasks; it cannot be combined with --to webhook")
-        selected = selected.for_rebuild()
-    raise typer.Exit(asyncio.run(_replay(settings, selected, webhook_id, rebuild)))
+    with replay_flags():
+        selected = EventFilter(
+            since=parse_point(since, "since", now) if since is not None else None,
+            until=parse_point(until, "until", now) if until is not None else None,
+            task_id=_task_id(task),
+            flow=flow,
+            types=tuple(event_type or ()),
+        )
+        webhook_id = _target(to)
+        if rebuild:
+            if webhook_id is not None:
+                raise InvalidInput(
+                    "--rebuild compares tasks; it cannot be combined with --to webhook"
+                )
+            selected = selected.for_rebuild()
+        code = await _replay(settings, selected, webhook_id, rebuild)
+    raise typer.Exit(code)
 
 
 def _task_id(value: str | None) -> uuid.UUID | None:

@@ -6,25 +6,26 @@ workers behind it decide which flows exist.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.core.flow import InputSpec
+from flowyard.services.cli.aio import async_command
+from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, connect
+from flowyard.services.cli.credentials import TokenOption, UserOption
 from flowyard.services.cli.output import console, print_json_line
 
 flows_app = typer.Typer(help="Flows the server can run.", no_args_is_help=True)
 
 
 @flows_app.command("list")
-def list_flows(
+@async_command
+async def list_flows(
     json_output: Annotated[
         bool, typer.Option("--json", help="One raw JSON flow per line.")
     ] = False,
@@ -33,7 +34,8 @@ def list_flows(
     user: UserOption = None,
 ) -> None:
     """List flows with their inputs and parameters."""
-    flows = asyncio.run(_fetch(server, resolve_auth(server, token, user)))
+    async with connect(server, token, user) as api:
+        flows = await api.list_flows()
     if json_output:
         for flow in flows:
             print_json_line(flow)
@@ -44,27 +46,19 @@ def list_flows(
     table = Table("Name", "Version", "Description", "Inputs", "Params")
     for flow in flows:
         table.add_row(
-            Text(str(flow.get("name", "")), style="bold"),
-            Text(str(flow.get("version", ""))),
-            Text(str(flow.get("description") or "")),
-            Text("\n".join(describe_input(item) for item in flow.get("inputs") or ())),
-            Text("\n".join(describe_params(flow.get("params_schema") or {}))),
+            Text(flow.name, style="bold"),
+            Text(flow.version),
+            Text(flow.description or ""),
+            Text("\n".join(describe_input(item) for item in flow.inputs)),
+            Text("\n".join(describe_params(flow.params_schema))),
         )
     console.print(table)
 
 
-async def _fetch(server: str, auth: httpx.Auth | None) -> list[dict[str, Any]]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.list_flows()
-
-
-def describe_input(item: Mapping[str, Any]) -> str:
+def describe_input(item: InputSpec) -> str:
     """``name: media`` with ``?`` after the name when the input is optional."""
-    name = str(item.get("name", "?")) + ("" if item.get("required", True) else "?")
-    media = item.get("media")
-    if isinstance(media, list | tuple):
-        media = ", ".join(str(kind) for kind in media)
-    return f"{name}: {media}" if media else name
+    name = item.name + ("" if item.required else "?")
+    return f"{name}: {', '.join(item.media)}" if item.media else name
 
 
 def describe_params(schema: Mapping[str, Any]) -> list[str]:

@@ -8,11 +8,10 @@ even when the server cannot be asked.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
 from contextlib import suppress
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import typer
@@ -25,13 +24,8 @@ from flowyard.core.errors import (
     TooManyAttempts,
     Unauthenticated,
 )
-from flowyard.services.cli.client import (
-    DEFAULT_SERVER,
-    ApiClient,
-    BearerAuth,
-    ServerOption,
-    normalise_server,
-)
+from flowyard.services.cli.aio import async_command
+from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, open_client
 from flowyard.services.cli.credentials import (
     USER_ENVVAR,
     StoredToken,
@@ -40,9 +34,11 @@ from flowyard.services.cli.credentials import (
     interactive,
     read_password,
     save_token,
+    server_url,
     stored_token,
 )
 from flowyard.services.cli.output import console, err_console
+from flowyard.services.client import BearerAuth, MeOut, TokenCreated
 
 DEFAULT_EXPIRES_DAYS = 90
 
@@ -56,7 +52,8 @@ ServerArgument = Annotated[
 ]
 
 
-def login_command(
+@async_command
+async def login_command(
     target: ServerArgument = None,
     user: UserOption = None,
     password_stdin: Annotated[
@@ -72,42 +69,42 @@ def login_command(
     server: ServerOption = DEFAULT_SERVER,
 ) -> None:
     """Sign in with a password and save an API token for the server (the password is not kept)."""
-    url = normalise_server(target or server)
+    url = server_url(target or server)
     name = _user_name(user)
     password = _stdin_password() if password_stdin else read_password(name, url)
     previous = stored_token(url)  # a file we may not read fails now, before a token exists
-    me, created = asyncio.run(_sign_in(url, name, password, expires))
+    me, created = await _sign_in(url, name, password, expires)
     if created is None:
         console.print(
-            Text(f"the server at {url} needs no sign-in (it treats you as {me.get('name')})"),
+            Text(f"the server at {url} needs no sign-in (it treats you as {me.name})"),
             soft_wrap=True,
         )
         return
-    entry = StoredToken(
-        token=str(created["token"]), token_id=str(created["id"]), user=str(me["name"])
-    )
+    entry = StoredToken(token=created.token, token_id=created.id, user=me.name)
     try:
         save_token(url, entry)
     except ConfigError:
-        asyncio.run(_revoke_quietly(url, entry))  # no token left behind that nobody holds
+        await _revoke_quietly(url, entry)  # no token left behind that nobody holds
         raise
     if previous is not None and previous.token != entry.token:
-        asyncio.run(_revoke_quietly(url, previous))  # one login, one live token per server
+        await _revoke_quietly(url, previous)  # one login, one live token per server
     console.print(Text(f"signed in to {url} as {entry.user}"), soft_wrap=True)
-    if created.get("expires_at"):
-        err_console.print(
-            Text(f"the token expires at {created['expires_at']}"), style="dim", soft_wrap=True
-        )
+    if created.expires_at:
+        expires_at = created.expires_at.isoformat()
+        err_console.print(Text(f"the token expires at {expires_at}"), style="dim", soft_wrap=True)
 
 
-def logout_command(target: ServerArgument = None, server: ServerOption = DEFAULT_SERVER) -> None:
+@async_command
+async def logout_command(
+    target: ServerArgument = None, server: ServerOption = DEFAULT_SERVER
+) -> None:
     """Revoke the saved token on the server and forget it here."""
-    url = normalise_server(target or server)
+    url = server_url(target or server)
     entry = stored_token(url)
     if entry is None:
         console.print(Text(f"not signed in to {url}"), soft_wrap=True)
         return
-    problem, invalid = asyncio.run(_revoke(url, entry))
+    problem, invalid = await _revoke(url, entry)
     forget_token(url)
     if problem is None:
         console.print(Text(f"signed out of {url}: the token is revoked"), soft_wrap=True)
@@ -144,14 +141,14 @@ def _stdin_password() -> str:
 
 async def _sign_in(
     url: str, name: str, password: str, expires: int
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+) -> tuple[MeOut, TokenCreated | None]:
     """``(me, created token)``; a refused password says so instead of "sign in".
 
     No token is made (None) when the server does not check credentials at all
     (default mode on loopback): it would be a secret that guards nothing.
     """
     auth = httpx.BasicAuth(name, password)
-    async with ApiClient(url, auth=auth, explain_401=False) as api:
+    async with open_client(url, auth, explain_401=False) as api:
         try:
             me = await api.me()
         except TooManyAttempts:
@@ -162,11 +159,9 @@ async def _sign_in(
             raise FlowyardError(
                 f"the server at {url} has no sign-in (no /api/me): is it an older flowyard?"
             ) from exc
-        if me.get("auth_required") is False:
+        if not me.auth_required:
             return me, None
         created = await api.create_token(f"cli on {socket.gethostname()}", expires_days=expires)
-    if not isinstance(created.get("token"), str) or created.get("id") is None:
-        raise FlowyardError(f"the server at {url} sent no token: {sorted(created)}")
     return me, created
 
 
@@ -174,7 +169,7 @@ async def _revoke(url: str, entry: StoredToken) -> tuple[str | None, bool]:
     """``(problem, token already invalid)``; ``(None, False)`` when the server revoked it."""
     if entry.token_id is None:
         return "no token id was saved with it", False
-    async with ApiClient(url, auth=BearerAuth(entry.token), explain_401=False) as api:
+    async with open_client(url, BearerAuth(entry.token), explain_401=False) as api:
         try:
             await api.revoke_token(entry.token_id)
         except TooManyAttempts as exc:

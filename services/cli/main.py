@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 import typer
 from typer import _click
@@ -135,7 +135,7 @@ class _Placeholder(TyperCommand):
         self.spec = spec
 
 
-def expected_error(exc: BaseException) -> bool:
+def expected_error(exc: BaseException) -> TypeGuard[FlowyardError | httpx.TransportError]:
     """A FlowyardError, or httpx's transport errors (looked up only if httpx was loaded)."""
     if isinstance(exc, FlowyardError):
         return True
@@ -162,7 +162,7 @@ def report_error(exc: FlowyardError | httpx.TransportError) -> int:
 
 
 def _server_of(exc: httpx.TransportError) -> str:
-    from flowyard.services.cli.client import DEFAULT_SERVER, SERVER_ENVVAR
+    from flowyard.services.cli.connect import DEFAULT_SERVER, SERVER_ENVVAR
 
     try:
         url = exc.request.url

@@ -9,20 +9,20 @@ after ``flowyard users …`` changes and reload nats-server; see docs/nats.md.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flowyard.adapters.nats_object_store import bucket_name
 from flowyard.adapters.passwords import nats_hashable, nats_password_hash
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.engine import check_schema, make_engine
 from flowyard.adapters.sql.user_store import NatsAccount, SqlUserStore
 from flowyard.bus.nats.auth_config import DEFAULT_SERVER_USER, render_auth_config
+from flowyard.bus.nats.object_store import bucket_name
 from flowyard.core.errors import ConfigError
+from flowyard.services.cli.aio import async_command
 from flowyard.services.cli.output import err_console
 from flowyard.services.config import load_settings
 
@@ -48,13 +48,13 @@ def server_password(from_stdin: bool, configured: str | None) -> str:
     if from_stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
         if not password:
-            raise ConfigError("--server-password-stdin: stdin gave no password")
+            raise ConfigError("--password-stdin: stdin gave no password")
     elif configured:
         password = configured
     else:
         raise ConfigError(
             "the flowyard server's NATS password is needed (it goes into the file as a bcrypt "
-            f"hash): pipe it in with --server-password-stdin, or set {SERVER_PASSWORD_ENV}"
+            f"hash): pipe it in with --password-stdin, or set {SERVER_PASSWORD_ENV}"
         )
     if not nats_hashable(password):
         raise ConfigError("the server's NATS password is longer than bcrypt takes (72 bytes)")
@@ -62,7 +62,8 @@ def server_password(from_stdin: bool, configured: str | None) -> str:
 
 
 @nats_app.command("auth-config")
-def auth_config_command(
+@async_command
+async def auth_config_command(
     db: Annotated[
         str | None,
         typer.Option(
@@ -82,15 +83,15 @@ def auth_config_command(
     server_user: Annotated[
         str | None,
         typer.Option(
-            "--server-user",
-            help=f"The flowyard server's NATS user (default: FLOWYARD_NATS_USER or "
-            f"{DEFAULT_SERVER_USER}).",
+            "--nats-user",
+            help=f"The flowyard server's NATS user, as on 'flowyard serve' (default: "
+            f"FLOWYARD_NATS_USER or {DEFAULT_SERVER_USER}).",
         ),
     ] = None,
     server_password_stdin: Annotated[
         bool,
         typer.Option(
-            "--server-password-stdin",
+            "--password-stdin",
             help=f"Read the server's NATS password from stdin (else {SERVER_PASSWORD_ENV}).",
         ),
     ] = False,
@@ -102,7 +103,7 @@ def auth_config_command(
     settings = load_settings(None, database_uri=db, data_dir=data_dir)
     user = server_user or settings.nats_user or DEFAULT_SERVER_USER
     password = server_password(server_password_stdin, settings.nats_password)
-    accounts = asyncio.run(read_accounts(settings.db_uri))
+    accounts = await read_accounts(settings.db_uri)
     text = render_auth_config(
         accounts,
         server_user=user,

@@ -35,12 +35,18 @@ def print_error(message: str) -> None:
 
 def print_json_line(value: Any) -> None:
     """Raw JSON on one line, bypassing rich so nothing is highlighted or wrapped."""
-    _write(json.dumps(value, ensure_ascii=False))
+    _write(json.dumps(plain(value), ensure_ascii=False))
 
 
 def print_json(value: Any) -> None:
     """Indented raw JSON for humans that is still valid input for ``jq``."""
-    _write(json.dumps(value, ensure_ascii=False, indent=2))
+    _write(json.dumps(plain(value), ensure_ascii=False, indent=2))
+
+
+def plain(value: Any) -> Any:
+    """A response model as the JSON the server sent; anything else as it is."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
 
 
 def _write(text: str) -> None:
@@ -52,14 +58,14 @@ def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
 
-def short_time(value: str | None, *, compact: bool = False) -> str:
-    """An ISO 8601 timestamp in local time; ``compact`` drops the year and seconds."""
+def short_time(value: datetime | str | None, *, compact: bool = False) -> str:
+    """A time (or its ISO 8601 text) in local time; ``compact`` drops the year and seconds."""
     if not value:
         return "-"
     try:
-        moment = datetime.fromisoformat(value)
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     except ValueError:
-        return value
+        return str(value)
     if moment.tzinfo is not None:
         moment = moment.astimezone()
     return moment.strftime("%m-%d %H:%M" if compact else "%Y-%m-%d %H:%M:%S")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from pathlib import Path
@@ -14,6 +13,7 @@ import uvicorn
 from flowyard.core.errors import ConfigError
 from flowyard.core.settings import Mode, Settings
 from flowyard.services.api.app import create_app
+from flowyard.services.cli.aio import async_command
 from flowyard.services.config import load_settings
 from flowyard.services.runtime import Runtime
 
@@ -43,7 +43,8 @@ class FlowyardServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve_command(
+@async_command
+async def serve_command(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8288).")] = None,
     data_dir: Annotated[
@@ -71,12 +72,16 @@ def serve_command(
         str | None,
         typer.Option("--nats", help="NATS server for LAN workers (nats://host:4222; server mode)."),
     ] = None,
-    nats_user: Annotated[str | None, typer.Option("--nats-user", help="NATS user.")] = None,
+    nats_user: Annotated[
+        str | None, typer.Option("--nats-user", help="Log in to NATS as this user.")
+    ] = None,
     nats_password: Annotated[
-        str | None, typer.Option("--nats-password", help="NATS password.")
+        str | None,
+        typer.Option("--nats-password", help="NATS password (shows in ps: prefer the env)."),
     ] = None,
     nats_creds: Annotated[
-        Path | None, typer.Option("--nats-creds", help="NATS credentials file.")
+        Path | None,
+        typer.Option("--nats-creds", help="NATS credentials file (JWT + nkey seed)."),
     ] = None,
     assignments: Annotated[
         list[str] | None,
@@ -109,7 +114,7 @@ def serve_command(
         raise ConfigError("--nats needs --mode server (NATS workers serve a server's database)")
     check_tls(settings)
     configure_logging(settings)
-    asyncio.run(serve(settings))
+    await serve(settings)
 
 
 def _mode(value: str | None) -> Mode | None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich.console import RenderableType
 from rich.panel import Panel
@@ -16,21 +13,34 @@ from rich.table import Table
 from rich.text import Text
 
 from flowyard.core.errors import InvalidInput
+from flowyard.core.events import (
+    Event,
+    TaskClaimed,
+    TaskCreated,
+    TaskDone,
+    TaskProgress,
+    TaskReprioritized,
+    TaskRequeued,
+    TaskRetried,
+)
 from flowyard.core.task import TaskState
-from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.aio import async_command
+from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, connect
+from flowyard.services.cli.credentials import TokenOption, UserOption
 from flowyard.services.cli.output import (
     FINISHED_STATES,
     console,
     err_console,
     human_size,
     percent,
+    plain,
     print_json,
     print_json_line,
     short_time,
     state_text,
     truncate,
 )
+from flowyard.services.client import InputOut, OutputOut, TaskOut
 
 tasks_app = typer.Typer(
     help="List, inspect, cancel, retry and reprioritize tasks.", no_args_is_help=True
@@ -47,16 +57,17 @@ def parse_task_id(value: str) -> str:
         raise InvalidInput(f"{value!r} is not a task id (expected a UUID)", field="id") from None
 
 
-def display_state(task: Mapping[str, Any]) -> str:
+def display_state(task: TaskOut) -> str:
     """The state, or ``cancelling`` while a requested cancellation has not landed yet."""
-    state = str(task.get("state", ""))
-    if state not in FINISHED_STATES and task.get("cancel_requested"):
+    state = task.state.value
+    if state not in FINISHED_STATES and task.cancel_requested:
         return "cancelling"
     return state
 
 
 @tasks_app.command("list")
-def list_tasks(
+@async_command
+async def list_tasks(
     state: Annotated[
         TaskState | None, typer.Option("--state", "-s", help="Only tasks in this state.")
     ] = None,
@@ -71,14 +82,15 @@ def list_tasks(
     user: UserOption = None,
 ) -> None:
     """List tasks, newest first."""
-    auth = resolve_auth(server, token, user)
-    page = asyncio.run(_list(server, auth, state.value if state else None, flow, limit, offset))
-    items: list[dict[str, Any]] = page.get("items") or []
+    async with connect(server, token, user) as api:
+        page = await api.list_tasks(
+            state=state.value if state else None, flow=flow, limit=limit, offset=offset
+        )
     if json_output:
-        for item in items:
+        for item in page.items:
             print_json_line(item)
         return
-    if not items:
+    if not page.items:
         console.print("no tasks")
         return
     # Fixed columns keep their width (the id whole, so it can be copied); the message gives way.
@@ -90,24 +102,27 @@ def list_tasks(
     table.add_column("Try", justify="right", no_wrap=True, min_width=3)
     table.add_column("Created", no_wrap=True, min_width=11)
     table.add_column("Message", no_wrap=True, overflow="ellipsis")
-    for task in items:
-        note = task.get("error") if task.get("state") == "failed" else task.get("message")
+    for task in page.items:
+        failed = task.state is TaskState.failed
         table.add_row(
-            Text(str(task.get("id", ""))),
-            Text(str(task.get("flow", ""))),
+            Text(str(task.id)),
+            Text(task.flow),
             state_text(display_state(task)),
-            percent(task.get("progress")),
-            str(task.get("attempt", 0)),
-            short_time(task.get("created_at"), compact=True),
-            Text(truncate(note, 50), style="red" if task.get("state") == "failed" else ""),
+            percent(task.progress),
+            str(task.attempt),
+            short_time(task.created_at, compact=True),
+            Text(
+                truncate(task.error if failed else task.message, 50), style="red" if failed else ""
+            ),
         )
     console.print(table)
-    if page.get("next_offset") is not None:
-        err_console.print(f"more tasks: add --offset {page['next_offset']}")
+    if page.next_offset is not None:
+        err_console.print(f"more tasks: add --offset {page.next_offset}")
 
 
 @tasks_app.command("show")
-def show_task(
+@async_command
+async def show_task(
     task_id: TaskIdArgument,
     events: Annotated[bool, typer.Option("--events", "-e", help="Also list its events.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Raw JSON.")] = False,
@@ -117,53 +132,55 @@ def show_task(
 ) -> None:
     """Show one task; with --events also its history."""
     task_id = parse_task_id(task_id)
-    auth = resolve_auth(server, token, user)
-    task, history = asyncio.run(_show(server, auth, task_id, events))
+    async with connect(server, token, user) as api:
+        task = await api.get_task(task_id)
+        history = await api.task_events(task_id) if events else []
     if json_output:
-        print_json({**task, "events": history} if events else task)
+        print_json({**plain(task), "events": [plain(e) for e in history]} if events else task)
         return
     console.print(task_panel(task))
     if events:
-        console.print(events_table(history or []))
+        console.print(events_table(history))
 
 
 @tasks_app.command("cancel")
-def cancel_task(
+@async_command
+async def cancel_task(
     task_id: TaskIdArgument,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
     """Cancel a task: at once when queued, by asking its worker when running."""
-    task_id = parse_task_id(task_id)
-    auth = resolve_auth(server, token, user)
-    task = asyncio.run(_cancel(server, auth, task_id))
-    console.print(Text.assemble(str(task.get("id", task_id)), " ", state_text(display_state(task))))
+    async with connect(server, token, user) as api:
+        task = await api.cancel_task(parse_task_id(task_id))
+    console.print(Text.assemble(str(task.id), " ", state_text(display_state(task))))
 
 
 @tasks_app.command("retry")
-def retry_task(
+@async_command
+async def retry_task(
     task_id: TaskIdArgument,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
     """Queue a failed or cancelled task again, as a new attempt that keeps its history."""
-    task_id = parse_task_id(task_id)
-    auth = resolve_auth(server, token, user)
-    task = asyncio.run(_retry(server, auth, task_id))
+    async with connect(server, token, user) as api:
+        task = await api.retry_task(parse_task_id(task_id))
     console.print(
         Text.assemble(
-            str(task.get("id", task_id)),
+            str(task.id),
             " ",
             state_text(display_state(task)),
-            f" (next attempt {int(task.get('attempt', 0)) + 1} of {task.get('max_attempts')})",
+            f" (next attempt {task.attempt + 1} of {task.max_attempts})",
         )
     )
 
 
 @tasks_app.command("priority")
-def set_priority(
+@async_command
+async def set_priority(
     task_id: TaskIdArgument,
     priority: Annotated[
         int,
@@ -176,14 +193,14 @@ def set_priority(
     user: UserOption = None,
 ) -> None:
     """Change the priority of a queued task."""
-    task_id = parse_task_id(task_id)
-    auth = resolve_auth(server, token, user)
-    task = asyncio.run(_set_priority(server, auth, task_id, priority))
-    console.print(f"{task.get('id', task_id)} priority {task.get('priority')}")
+    async with connect(server, token, user) as api:
+        task = await api.set_priority(parse_task_id(task_id), priority)
+    console.print(f"{task.id} priority {task.priority}")
 
 
 @tasks_app.command("prune")
-def prune_tasks(
+@async_command
+async def prune_tasks(
     older_than: Annotated[
         float,
         typer.Option("--older-than", metavar="DAYS", min=0, help="Finished more than DAYS ago."),
@@ -199,128 +216,87 @@ def prune_tasks(
     user: UserOption = None,
 ) -> None:
     """Admins: remove finished tasks, their files and webhook deliveries older than DAYS."""
-    auth = resolve_auth(server, token, user)
-
-    async def call() -> dict[str, Any]:
-        async with ApiClient(server, auth=auth) as api:
-            return await api.prune_tasks(older_than, dry_run=dry_run, events=events)
-
-    done = asyncio.run(call())
-    verb = "would remove" if done["dry_run"] else "removed"
+    async with connect(server, token, user) as api:
+        done = await api.prune_tasks(older_than, dry_run=dry_run, events=events)
+    verb = "would remove" if done.dry_run else "removed"
     console.print(
-        f"{verb} {done['tasks']} tasks, {done['deliveries']} webhook deliveries, "
-        f"{done['events']} events"
+        f"{verb} {done.tasks} tasks, {done.deliveries} webhook deliveries, {done.events} events"
     )
 
 
-async def _list(
-    server: str,
-    auth: httpx.Auth | None,
-    state: str | None,
-    flow: str | None,
-    limit: int,
-    offset: int,
-) -> dict[str, Any]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.list_tasks(state=state, flow=flow, limit=limit, offset=offset)
-
-
-async def _show(
-    server: str, auth: httpx.Auth | None, task_id: str, with_events: bool
-) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
-    async with ApiClient(server, auth=auth) as api:
-        task = await api.get_task(task_id)
-        return task, (await api.task_events(task_id) if with_events else None)
-
-
-async def _cancel(server: str, auth: httpx.Auth | None, task_id: str) -> dict[str, Any]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.cancel_task(task_id)
-
-
-async def _retry(server: str, auth: httpx.Auth | None, task_id: str) -> dict[str, Any]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.retry_task(task_id)
-
-
-async def _set_priority(
-    server: str, auth: httpx.Auth | None, task_id: str, priority: int
-) -> dict[str, Any]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.set_priority(task_id, priority)
-
-
-def task_panel(task: Mapping[str, Any]) -> Panel:
+def task_panel(task: TaskOut) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     rows: list[tuple[str, Text | str]] = [
-        ("flow", Text(str(task.get("flow", "")))),
-        ("owner", Text(str(task.get("owner", "")))),
+        ("flow", Text(task.flow)),
+        ("owner", Text(task.owner)),
         ("state", state_text(display_state(task))),
-        ("progress", percent(task.get("progress"))),
-        ("message", Text(str(task.get("message") or ""))),
-        ("attempt", f"{task.get('attempt', 0)} of {task.get('max_attempts', '?')}"),
-        ("priority", str(task.get("priority", 0))),
-        ("worker", Text(str(task.get("worker_id") or "-"))),
-        ("params", Text(json.dumps(task.get("params") or {}, ensure_ascii=False))),
-        ("inputs", _files(task.get("inputs"), "media_type")),
-        ("outputs", _files(task.get("outputs"), "url")),
+        ("progress", percent(task.progress)),
+        ("message", Text(task.message or "")),
+        ("attempt", f"{task.attempt} of {task.max_attempts}"),
+        ("priority", str(task.priority)),
+        ("worker", Text(task.worker_id or "-")),
+        ("params", Text(json.dumps(task.params, ensure_ascii=False))),
+        ("inputs", _files(task.inputs)),
+        ("outputs", _files(task.outputs)),
     ]
-    if task.get("error"):
-        rows.insert(5, ("error", Text(str(task["error"]), style="red")))
-    for label in ("created", "claimed", "finished", "cancelled", "updated"):
-        if task.get(f"{label}_at"):
-            rows.append((label, short_time(task[f"{label}_at"])))
+    if task.error:
+        rows.insert(5, ("error", Text(task.error, style="red")))
+    times = {
+        "created": task.created_at,
+        "claimed": task.claimed_at,
+        "finished": task.finished_at,
+        "cancelled": task.cancelled_at,
+        "updated": task.updated_at,
+    }
+    rows += [(label, short_time(moment)) for label, moment in times.items() if moment]
     for label, value in rows:
         grid.add_row(label, value)
-    return Panel(grid, title=Text(f"task {task.get('id', '')}"), title_align="left")
+    return Panel(grid, title=Text(f"task {task.id}"), title_align="left")
 
 
-def _files(files: Any, extra: str) -> Text:
+def _files(files: list[InputOut] | list[OutputOut]) -> Text:
+    """Inputs show their media type, outputs their URL."""
     lines = [
-        f"{item.get('name')}  {human_size(item.get('size'))}  {item.get(extra) or ''}".rstrip()
-        for item in files or ()
+        f"{f.name}  {human_size(f.size)}  {f.media_type if isinstance(f, InputOut) else f.url}"
+        for f in files
     ]
-    return Text("\n".join(lines) or "-")
+    return Text("\n".join(line.rstrip() for line in lines) or "-")
 
 
-def events_table(events: list[dict[str, Any]]) -> RenderableType:
+def events_table(events: list[Event]) -> RenderableType:
     if not events:
         return Text("no events")
     table = Table("#", "At", "Type", "Attempt", "Details")
     for number, event in enumerate(events, 1):
         table.add_row(
             str(number),
-            short_time(event.get("at")),
-            Text(str(event.get("type", ""))),
-            str(event.get("attempt", "")),
+            short_time(event.at),
+            Text(event.type),
+            str(event.attempt),
             Text(truncate(event_details(event), 70)),
         )
     return table
 
 
-def event_details(event: Mapping[str, Any]) -> str:
+def event_details(event: Event) -> str:
     """The type-specific part of an event, in a few words."""
-    kind = event.get("type")
-    if kind == "task.created":
-        params = json.dumps(event.get("params") or {}, ensure_ascii=False)
-        return f"priority {event.get('priority', 0)}, params {params}"
-    if kind == "task.claimed":
-        lease = short_time(event.get("lease_expires_at"))
-        return f"worker {event.get('worker_id')}, lease until {lease}"
-    if kind == "task.progress":
-        return f"{percent(event.get('progress'))} {event.get('message') or ''}".rstrip()
-    if kind == "task.requeued":
-        return str(event.get("reason", ""))
-    if kind == "task.retried":
-        return f"next attempt {event.get('next_attempt')} of {event.get('max_attempts')}"
-    if kind == "task.reprioritized":
-        return f"priority {event.get('priority')}"
-    if kind == "task.done":
-        names = ", ".join(str(ref.get("name")) for ref in event.get("outputs") or ())
-        text = str(event.get("status", ""))
-        if event.get("error"):
-            text += f": {event['error']}"
+    if isinstance(event, TaskCreated):
+        params = json.dumps(event.params, ensure_ascii=False)
+        return f"priority {event.priority}, params {params}"
+    if isinstance(event, TaskClaimed):
+        return f"worker {event.worker_id}, lease until {short_time(event.lease_expires_at)}"
+    if isinstance(event, TaskProgress):
+        return f"{percent(event.progress)} {event.message}".rstrip()
+    if isinstance(event, TaskRequeued):
+        return event.reason
+    if isinstance(event, TaskRetried):
+        return f"next attempt {event.next_attempt} of {event.max_attempts}"
+    if isinstance(event, TaskReprioritized):
+        return f"priority {event.priority}"
+    if isinstance(event, TaskDone):
+        names = ", ".join(ref.name for ref in event.outputs)
+        text = event.status + (f": {event.error}" if event.error else "")
         return f"{text} ({names})" if names else text
     return ""

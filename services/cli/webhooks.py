@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from flowyard.core.errors import InvalidInput
-from flowyard.services.cli.client import DEFAULT_SERVER, ApiClient, ServerOption
-from flowyard.services.cli.credentials import TokenOption, UserOption, resolve_auth
+from flowyard.services.cli.aio import async_command
+from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, connect
+from flowyard.services.cli.credentials import TokenOption, UserOption
 from flowyard.services.cli.output import console, err_console, print_json_line, short_time, truncate
+from flowyard.services.client import DeliveryOut
 
 webhooks_app = typer.Typer(
     help="Send events to URLs (signed, retried): add, list, remove, deliveries.",
@@ -40,7 +40,8 @@ def parse_webhook_id(value: str) -> str:
 
 
 @webhooks_app.command("add")
-def add_webhook(
+@async_command
+async def add_webhook(
     url: Annotated[str, typer.Argument(help="Where to POST events (http:// or https://).")],
     event: Annotated[
         list[str] | None,
@@ -60,28 +61,30 @@ def add_webhook(
     user: UserOption = None,
 ) -> None:
     """Subscribe URL; prints the id and the signing secret, which is not shown again."""
-    auth = resolve_auth(server, token, user)
-    created = asyncio.run(_add(server, auth, url, event or [], flow or [], secret))
+    async with connect(server, token, user) as api:
+        created = await api.create_webhook(url, events=event or [], flows=flow or [], secret=secret)
     if json_output:
         print_json_line(created)
         return
-    console.print(Text.assemble(("id      ", "bold"), str(created.get("id"))))
-    console.print(Text.assemble(("events  ", "bold"), ", ".join(created.get("events") or [])))
-    if created.get("flows"):
-        console.print(Text.assemble(("flows   ", "bold"), ", ".join(created["flows"])))
-    console.print(Text.assemble(("secret  ", "bold"), str(created.get("secret"))))
+    console.print(Text.assemble(("id      ", "bold"), str(created.id)))
+    console.print(Text.assemble(("events  ", "bold"), ", ".join(created.events)))
+    if created.flows:
+        console.print(Text.assemble(("flows   ", "bold"), ", ".join(created.flows)))
+    console.print(Text.assemble(("secret  ", "bold"), created.secret))
     err_console.print("keep the secret now: it is not shown again", style="yellow")
 
 
 @webhooks_app.command("list")
-def list_webhooks(
+@async_command
+async def list_webhooks(
     json_output: JsonOption = False,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
     """List subscriptions; a disabled one shows why."""
-    items = asyncio.run(_list(server, resolve_auth(server, token, user)))
+    async with connect(server, token, user) as api:
+        items = await api.list_webhooks()
     if json_output:
         for item in items:
             print_json_line(item)
@@ -96,30 +99,29 @@ def list_webhooks(
     table.add_column("Events", overflow="fold")
     table.add_column("Flows", overflow="fold")
     for item in items:
-        state = (
-            Text("enabled", style="green") if item.get("enabled") else Text("disabled", style="red")
-        )
-        if item.get("enabled") and item.get("consecutive_failures"):
-            state.append(f" ({item['consecutive_failures']} failing)", style="yellow")
+        state = Text("enabled", style="green") if item.enabled else Text("disabled", style="red")
+        if item.enabled and item.consecutive_failures:
+            state.append(f" ({item.consecutive_failures} failing)", style="yellow")
         table.add_row(
-            Text(str(item.get("id"))),
+            Text(str(item.id)),
             state,
-            Text(str(item.get("url"))),
-            Text(", ".join(item.get("events") or [])),
-            Text(", ".join(item.get("flows") or []) or "all"),
+            Text(item.url),
+            Text(", ".join(item.events)),
+            Text(", ".join(item.flows or []) or "all"),
         )
     console.print(table)
     for item in items:  # the reason in full, where it cannot be cut
-        if not item.get("enabled"):
+        if not item.enabled:
             console.print(
-                Text(f"{item.get('id')} disabled: {item.get('disabled_reason') or '?'}"),
+                Text(f"{item.id} disabled: {item.disabled_reason or '?'}"),
                 style="red",
                 soft_wrap=True,
             )
 
 
 @webhooks_app.command("remove")
-def remove_webhook(
+@async_command
+async def remove_webhook(
     webhook_id: WebhookIdArgument,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
@@ -127,12 +129,14 @@ def remove_webhook(
 ) -> None:
     """Remove a subscription and its delivery history."""
     subscription = parse_webhook_id(webhook_id)
-    asyncio.run(_remove(server, resolve_auth(server, token, user), subscription))
+    async with connect(server, token, user) as api:
+        await api.delete_webhook(subscription)
     console.print(f"removed {webhook_id}")
 
 
 @webhooks_app.command("enable")
-def enable_webhook(
+@async_command
+async def enable_webhook(
     webhook_id: WebhookIdArgument,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
@@ -140,12 +144,14 @@ def enable_webhook(
 ) -> None:
     """Turn a disabled subscription back on; its pending deliveries resume."""
     subscription = parse_webhook_id(webhook_id)
-    item = asyncio.run(_enable(server, resolve_auth(server, token, user), subscription))
-    console.print(f"enabled {item.get('id')}")
+    async with connect(server, token, user) as api:
+        item = await api.enable_webhook(subscription)
+    console.print(f"enabled {item.id}")
 
 
 @webhooks_app.command("deliveries")
-def list_deliveries(
+@async_command
+async def list_deliveries(
     webhook_id: WebhookIdArgument,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500, help="At most.")] = 20,
     json_output: JsonOption = False,
@@ -155,8 +161,8 @@ def list_deliveries(
 ) -> None:
     """Recent deliveries, newest first, with attempts and the last error."""
     subscription = parse_webhook_id(webhook_id)
-    auth = resolve_auth(server, token, user)
-    items = asyncio.run(_deliveries(server, auth, subscription, limit))
+    async with connect(server, token, user) as api:
+        items = await api.webhook_deliveries(subscription, limit=limit)
     if json_output:
         for item in items:
             print_json_line(item)
@@ -172,59 +178,25 @@ def list_deliveries(
     table.add_column("Attempts", justify="right")
     table.add_column("Last", overflow="ellipsis", ratio=1)
     for item in items:
-        status = str(item.get("status"))
+        status = item.status.value
         table.add_row(
-            short_time(item.get("created_at")),
-            Text(str(item.get("event_type"))),
-            Text(str(item.get("task_id"))),
+            short_time(item.created_at),
+            Text(item.event_type),
+            Text(str(item.task_id)),
             Text(status, style=STATUS_STYLES.get(status, "")),
-            str(item.get("attempts", 0)),
+            str(item.attempts),
             Text(_last(item)),
         )
     console.print(table)
 
 
-def _last(item: dict[str, Any]) -> str:
-    if item.get("status") == "pending" and item.get("next_attempt_at"):
-        tail = f", next try {short_time(item['next_attempt_at'])}"
+def _last(item: DeliveryOut) -> str:
+    if item.status.value == "pending" and item.next_attempt_at:
+        tail = f", next try {short_time(item.next_attempt_at)}"
     else:
         tail = ""
-    if item.get("last_error"):
-        return truncate(str(item["last_error"]), 60) + tail
-    if item.get("last_status_code"):
-        return f"HTTP {item['last_status_code']}{tail}"
+    if item.last_error:
+        return truncate(item.last_error, 60) + tail
+    if item.last_status_code:
+        return f"HTTP {item.last_status_code}{tail}"
     return tail.lstrip(", ")
-
-
-async def _add(
-    server: str,
-    auth: httpx.Auth | None,
-    url: str,
-    events: list[str],
-    flows: list[str],
-    secret: str | None,
-) -> dict[str, Any]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.create_webhook(url, events=events, flows=flows, secret=secret)
-
-
-async def _list(server: str, auth: httpx.Auth | None) -> list[dict[str, Any]]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.list_webhooks()
-
-
-async def _remove(server: str, auth: httpx.Auth | None, webhook_id: str) -> None:
-    async with ApiClient(server, auth=auth) as api:
-        await api.delete_webhook(webhook_id)
-
-
-async def _enable(server: str, auth: httpx.Auth | None, webhook_id: str) -> dict[str, Any]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.enable_webhook(webhook_id)
-
-
-async def _deliveries(
-    server: str, auth: httpx.Auth | None, webhook_id: str, limit: int
-) -> list[dict[str, Any]]:
-    async with ApiClient(server, auth=auth) as api:
-        return await api.webhook_deliveries(webhook_id, limit=limit)

@@ -3,7 +3,9 @@
 A NATS worker logs in as a flowyard user or with one of their API tokens,
 without a secret on its command line: ``FLOWYARD_WORKER_AUTH=name:password``
 or ``FLOWYARD_WORKER_AUTH=<token>``, ``FLOWYARD_TOKEN``, or ``--password-stdin``
-(``--password`` still works, but shows in ``ps``). A token logs in to NATS as
+(``--nats-password`` still works, but shows in ``ps``). The NATS options are named
+as on ``flowyard serve``: ``--nats``, ``--nats-user``, ``--nats-password``,
+``--nats-creds``. A token logs in to NATS as
 ``fyt_<token id>`` with the token as its password.
 """
 
@@ -61,14 +63,14 @@ def worker_login(
 
     ``configured`` is the settings' ``nats_user``/``nats_password``
     (FLOWYARD_NATS_*, the YAML file); FLOWYARD_TOKEN, which the HTTP commands
-    share, comes last. ``--password-stdin`` reads a password with ``--user``,
+    share, comes last. ``--password-stdin`` reads a password with ``--nats-user``,
     else a token. ``(None, None)``: no login.
     """
     given = [
         flag
         for flag, on in (
             ("--token", token is not None),
-            ("--password", password is not None),
+            ("--nats-password", password is not None),
             ("--password-stdin", password_stdin),
         )
         if on
@@ -77,7 +79,7 @@ def worker_login(
         raise ConfigError(f"give one of {' and '.join(given)}, not both")
     if token is not None:
         if user is not None:
-            raise ConfigError("a token names its user: give --token or --user, not both")
+            raise ConfigError("a token names its user: give --token or --nats-user, not both")
         return token_login(token, source="--token")
     if password_stdin:
         line = read_line().removesuffix("\n").removesuffix("\r")
@@ -90,7 +92,7 @@ def worker_login(
     if raw:
         name, secret = parse_worker_auth(raw)
         if user is not None and user != name:
-            raise ConfigError(f"--user {user} but {WORKER_AUTH_ENV} logs in as {name}")
+            raise ConfigError(f"--nats-user {user} but {WORKER_AUTH_ENV} logs in as {name}")
         return name, secret
     if user is not None:
         return user, configured[1]
@@ -133,12 +135,12 @@ def worker_command(
         typer.Option("--nats", help="Take work over NATS instead (nats://host:4222; LAN workers)."),
     ] = None,
     user: Annotated[
-        str | None, typer.Option("--user", help="Log in to NATS as this flowyard user.")
+        str | None, typer.Option("--nats-user", help="Log in to NATS as this flowyard user.")
     ] = None,
     password: Annotated[
         str | None,
         typer.Option(
-            "--password",
+            "--nats-password",
             help="NATS password (shows in ps: prefer FLOWYARD_WORKER_AUTH=name:password "
             "or --password-stdin).",
         ),
@@ -146,7 +148,8 @@ def worker_command(
     password_stdin: Annotated[
         bool,
         typer.Option(
-            "--password-stdin", help="Read the password (with --user) or a token from stdin."
+            "--password-stdin",
+            help="Read the password (with --nats-user) or a token from stdin.",
         ),
     ] = False,
     token: Annotated[
@@ -157,7 +160,8 @@ def worker_command(
         ),
     ] = None,
     creds: Annotated[
-        Path | None, typer.Option("--creds", help="NATS credentials file (JWT + nkey seed).")
+        Path | None,
+        typer.Option("--nats-creds", help="NATS credentials file (JWT + nkey seed)."),
     ] = None,
     assignments: Annotated[
         list[str] | None,
@@ -232,7 +236,7 @@ def worker_command(
             run_nats_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
         )
         return
-    from flowyard.services.db_worker import run_db_worker
+    from flowyard.services.composition import run_db_worker
 
     if settings.database_uri is None:
         raise ConfigError(

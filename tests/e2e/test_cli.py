@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from flowyard.services.client import TaskOut
 from tests.e2e.harness import FLOWYARD, ServeProcess
 
 pytestmark = pytest.mark.e2e
@@ -94,11 +95,14 @@ def test_list_show_cancel(server: ServeProcess) -> None:
     assert started.returncode == 0, started.stderr
     task_id = next(w for w in started.stdout.split() if w.count("-") == 4)
     listed = flowyard(server, "tasks", "list", "--json")
-    assert task_id in {json.loads(line)["id"] for line in listed.stdout.splitlines() if line}
+    listed_ids = {
+        TaskOut.model_validate_json(line).id for line in listed.stdout.splitlines() if line
+    }
+    assert uuid.UUID(task_id) in listed_ids
     cancelled = flowyard(server, "tasks", "cancel", task_id)
     assert cancelled.returncode == 0, cancelled.stderr
     shown = flowyard(server, "tasks", "show", task_id, "--json")
-    assert json.loads(shown.stdout)["id"] == task_id
+    assert str(TaskOut.model_validate_json(shown.stdout).id) == task_id
 
 
 def test_flows_list(server: ServeProcess) -> None:

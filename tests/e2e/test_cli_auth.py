@@ -8,15 +8,17 @@ processes start once (the CI machine has two cores).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
+from flowyard.core.errors import Unauthenticated
+from flowyard.services.client import BearerAuth, Client, TaskOut, TaskPage
 from tests.support.auth import ADMIN_PASSWORD, without_credentials
 from tests.support.processes import ProcessGroup, flowyard_command
 
@@ -24,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 ALICE = "alice"
 ALICE_PASSWORD = "alice-Secret-pw-2"
-WORKER_READY = r"services\.db_worker: worker "
+WORKER_READY = r"services\.worker_process: worker "
 SIGN_IN_HINT = "or pass --token / set FLOWYARD_TOKEN, or --user with FLOWYARD_PASSWORD"
 
 
@@ -119,7 +121,7 @@ def test_cli_signs_in_with_env_and_login_and_logout_revokes(
     assert (out / "output.png").is_file()  # upload, event stream and download all signed in
     tasks = _cli(env, "tasks", "list", "--json")
     assert tasks.returncode == 0, tasks.stderr
-    owners = [json.loads(item)["owner"] for item in tasks.stdout.splitlines() if item]
+    owners = [TaskOut.model_validate_json(item).owner for item in tasks.stdout.splitlines() if item]
     assert owners == [ALICE]
 
     # Logout revokes the token on the server and forgets it here.
@@ -127,9 +129,8 @@ def test_cli_signs_in_with_env_and_login_and_logout_revokes(
     assert logout.returncode == 0, logout.stderr
     assert "revoked" in logout.stdout
     assert url not in json.loads(path.read_text())
-    refused = httpx.get(f"{url}/api/tasks", headers={"Authorization": f"Bearer {token}"})
-    assert refused.status_code == 401
-    assert refused.json()["type"] == "Unauthenticated"
+    with pytest.raises(Unauthenticated):  # the server's 401, read back by the typed client
+        asyncio.run(_tasks_as(url, token))
 
     # The revoked token passed explicitly: the same one line, for requests and the stream.
     for args in (["tasks", "list"], ["events", "tail"]):
@@ -138,3 +139,8 @@ def test_cli_signs_in_with_env_and_login_and_logout_revokes(
         assert f"flowyard login {url}" in line
     line = _one_error_line(_cli({**env, "FLOWYARD_TOKEN": token}, "flows", "list"))
     assert "the token was refused" in line
+
+
+async def _tasks_as(url: str, token: str) -> TaskPage:
+    async with Client(url, auth=BearerAuth(token)) as api:
+        return await api.list_tasks()

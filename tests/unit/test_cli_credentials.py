@@ -8,6 +8,7 @@ tokens it issued, and the credentials file lives under ``tmp_path`` through
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import json
 import os
@@ -26,12 +27,7 @@ from typer.testing import CliRunner
 
 from flowyard.core.errors import ConfigError, Forbidden, TooManyAttempts, Unauthenticated
 from flowyard.services.cli import credentials
-from flowyard.services.cli.client import (
-    ApiClient,
-    BearerAuth,
-    error_from_response,
-    normalise_server,
-)
+from flowyard.services.cli.connect import open_client
 from flowyard.services.cli.credentials import (
     StoredToken,
     TokenOption,
@@ -42,8 +38,10 @@ from flowyard.services.cli.credentials import (
     save_token,
     stored_token,
 )
+from flowyard.services.client import BearerAuth, Client, error_from_response, normalise_server
 
 SERVER = "http://flowyard.test:8288"
+CLIENT = "flowyard.services.cli.connect.Client"
 TASK_ID = "3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"
 AUTH_VARIABLES = ("FLOWYARD_TOKEN", "FLOWYARD_USER", "FLOWYARD_PASSWORD", "FLOWYARD_SERVER")
 SERVER_SIDE_MODULES = (
@@ -290,13 +288,11 @@ async def test_credentials_go_with_requests_streams_and_downloads_to_the_server_
 ) -> None:
     seen: list[httpx.Request] = []
     transport = httpx.MockTransport(_recording(seen))
-    async with ApiClient(SERVER, auth=BearerAuth("fyt_a_b"), transport=transport) as api:
+    async with Client(SERVER, auth=BearerAuth("fyt_a_b"), transport=transport) as api:
         await api.list_flows()
         assert [event async for event in api.stream_events(TASK_ID)] == []
-        await api.download_output(TASK_ID, {"name": "out.png"}, tmp_path)
-        await api.download_output(
-            TASK_ID, {"name": "far.png", "url": "http://elsewhere.test/far.png"}, tmp_path
-        )
+        await api.download_output(TASK_ID, "out.png", tmp_path)
+        await api.download_output(TASK_ID, "far.png", tmp_path, url="http://elsewhere.test/far.png")
     assert [r.headers.get("authorization") for r in seen] == ["Bearer fyt_a_b"] * 3 + [None]
 
 
@@ -315,10 +311,11 @@ def _refusing(status: int, kind: str, detail: str) -> httpx.MockTransport:
     ],
 )
 async def test_a_401_is_one_line_that_says_how_to_sign_in(
-    auth: httpx.Auth | None, words: str
+    auth: httpx.Auth | None, words: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transport = _refusing(401, "Unauthenticated", "invalid or expired token")
-    async with ApiClient(SERVER, auth=auth, transport=transport) as api:
+    monkeypatch.setattr(CLIENT, functools.partial(Client, transport=transport))
+    async with open_client(SERVER, auth) as api:
         with pytest.raises(Unauthenticated) as caught:
             await api.list_tasks()
     message = caught.value.message
@@ -337,11 +334,11 @@ async def test_throttling_and_forbidden_keep_the_servers_words() -> None:
             headers={"Retry-After": "42"},
         )
     )
-    async with ApiClient(SERVER, transport=throttled) as api:
+    async with Client(SERVER, transport=throttled) as api:
         with pytest.raises(TooManyAttempts) as caught:
             await api.list_tasks()
     assert (caught.value.message, caught.value.retry_after) == ("too many failed sign-ins", 42.0)
-    async with ApiClient(SERVER, transport=_refusing(403, "Forbidden", "admins only")) as api:
+    async with Client(SERVER, transport=_refusing(403, "Forbidden", "admins only")) as api:
         with pytest.raises(Forbidden, match=r"^admins only$"):
             await api.list_webhooks()
 
@@ -375,14 +372,19 @@ class FakeServer:
             )
         path, method = request.url.path, request.method
         if (method, path) == ("GET", "/api/me"):
-            return httpx.Response(200, json={"name": "alice", "role": "user"})
+            return httpx.Response(
+                200, json={"name": "alice", "role": "user", "auth_required": True}
+            )
         if (method, path) == ("POST", "/api/me/tokens"):
             body = json.loads(request.content)
             self.created.append(body)
             token_id = uuid.uuid4().hex[:16]
             secret = f"fyt_{token_id}_{uuid.uuid4().hex}"
             self.tokens[secret] = token_id
-            return httpx.Response(201, json={"id": token_id, "name": body["name"], "token": secret})
+            created = {"id": token_id, "user": "alice", "name": body["name"], "token": secret}
+            created |= {"created_at": "2026-03-01T12:00:00Z", "expires_at": None}
+            created |= {"last_used_at": None, "revoked_at": None}
+            return httpx.Response(201, json=created)
         if method == "DELETE" and path.startswith("/api/me/tokens/"):
             token_id = path.rsplit("/", 1)[1]
             for secret, known in list(self.tokens.items()):
@@ -392,7 +394,8 @@ class FakeServer:
                     return httpx.Response(204)
             return httpx.Response(404, json={"detail": "no token", "type": "TokenNotFound"})
         if (method, path) == ("GET", "/api/tasks"):
-            return httpx.Response(200, json={"items": [], "limit": 50, "offset": 0})
+            page = {"items": [], "limit": 50, "offset": 0, "next_offset": None}
+            return httpx.Response(200, json=page)
         return httpx.Response(404, json={"detail": "no route"})
 
     def _signed_in(self, header: str) -> bool:
@@ -412,15 +415,10 @@ def _stub_module(name: str) -> ModuleType:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
-    """Every command's ApiClient talks to one FakeServer."""
+    """Every command's Client talks to one FakeServer."""
     server = FakeServer()
-    real = ApiClient
-
-    def client(*args: Any, **kwargs: Any) -> ApiClient:
-        return real(*args, transport=httpx.MockTransport(server.handle), **kwargs)
-
-    for module in ("login", "tasks"):
-        monkeypatch.setattr(f"flowyard.services.cli.{module}.ApiClient", client)
+    transport = httpx.MockTransport(server.handle)
+    monkeypatch.setattr(CLIENT, functools.partial(Client, transport=transport))
     return server
 
 

@@ -38,14 +38,43 @@ from flowyard.core.errors import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
-from flowyard.services.cli import run as run_module
-from flowyard.services.cli.client import ApiClient, error_from_response
+from flowyard.core.events import Event, TaskDone, TaskProgress
+from flowyard.core.replay import EventFilter, parse_point
+from flowyard.services.cli import follow as follow_module
+from flowyard.services.cli.events import replay_flags
 from flowyard.services.cli.flows import describe_params
-from flowyard.services.cli.run import Follower, build_params, parse_param, parse_param_value
+from flowyard.services.cli.follow import Follower
+from flowyard.services.cli.params import build_params, parse_param, parse_param_value
+from flowyard.services.cli.run import check_succeeded
 from flowyard.services.cli.tasks import parse_task_id
+from flowyard.services.client import Client, TaskOut, error_from_response
 
 TASK_ID = "3f2b8c1e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"
 SERVER = "http://flowyard.test"
+CLIENT = "flowyard.services.cli.connect.Client"
+"""The one name every client command builds its connection with."""
+
+
+def task_json(**changes: Any) -> dict[str, Any]:
+    """A task as ``GET /api/tasks/{id}`` returns it."""
+    now = "2026-03-01T12:00:00Z"
+    task = {
+        "id": TASK_ID, "flow": "image.blur", "owner": "admin", "state": "queued",
+        "progress": 0.0, "message": "", "params": {}, "priority": 0, "attempt": 0,
+        "max_attempts": 3, "worker_id": None, "cancel_requested": False, "error": None,
+        "inputs": [], "outputs": [], "created_at": now, "claimed_at": None,
+        "finished_at": None, "cancelled_at": None, "updated_at": now,
+    }  # fmt: skip
+    return task | changes
+
+
+def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> Callable[..., Client]:
+    """A stand-in for ``Client`` whose requests go to ``handler``."""
+
+    def build(*args: Any, **kwargs: Any) -> Client:
+        return Client(*args, transport=httpx.MockTransport(handler), **kwargs)
+
+    return build
 
 
 # Modules that main.py imports for the server-side commands (serve, worker). They pull in
@@ -81,8 +110,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the command must not call the server")
 
-    monkeypatch.setattr("flowyard.services.cli.run.ApiClient", refuse)
-    monkeypatch.setattr("flowyard.services.cli.tasks.ApiClient", refuse)
+    monkeypatch.setattr(CLIENT, refuse)
 
 
 # -- parameters ----------------------------------------------------------
@@ -195,10 +223,8 @@ def test_tasks_show_refuses_a_bad_id(cli_main: ModuleType, no_server: None) -> N
 def test_main_turns_a_flowyard_error_into_exit_1(
     cli_main: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def fails(*args: Any) -> None:
-        raise TaskNotFound(f"no task {TASK_ID}")
-
-    monkeypatch.setattr("flowyard.services.cli.tasks._show", fails)
+    body = {"detail": f"no task {TASK_ID}", "type": "TaskNotFound"}
+    monkeypatch.setattr(CLIENT, mock_client(lambda request: httpx.Response(404, json=body)))
     monkeypatch.setattr(sys, "argv", ["flowyard", "tasks", "show", TASK_ID])
     with pytest.raises(SystemExit) as caught:
         cli_main.main()
@@ -240,8 +266,8 @@ def test_unreachable_server_is_one_line(
 # -- the client's error mapping --------------------------------------------
 
 
-def _client(handler: Callable[[httpx.Request], httpx.Response]) -> ApiClient:
-    return ApiClient(SERVER, transport=httpx.MockTransport(handler))
+def _client(handler: Callable[[httpx.Request], httpx.Response]) -> Client:
+    return Client(SERVER, transport=httpx.MockTransport(handler))
 
 
 def _error(status: int, **body: Any) -> Callable[[httpx.Request], httpx.Response]:
@@ -315,7 +341,7 @@ async def test_server_error_without_json_uses_the_text() -> None:
 @pytest.mark.parametrize("server", ["localhost:8288", "ftp://host", "http://"])
 def test_server_url_must_be_http(server: str) -> None:
     with pytest.raises(FlowyardError, match=r"--server|server URL"):
-        ApiClient(server)
+        Client(server)
 
 
 # -- the client's requests -------------------------------------------------
@@ -329,7 +355,7 @@ async def test_create_task_streams_files_as_multipart(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen["content_type"] = request.headers["content-type"]
         seen["body"] = request.content
-        return httpx.Response(201, json={"id": TASK_ID, "state": "queued"})
+        return httpx.Response(201, json=task_json())
 
     async with _client(handler) as api:
         with image.open("rb") as handle:
@@ -339,7 +365,7 @@ async def test_create_task_streams_files_as_multipart(tmp_path: Path) -> None:
                 priority=5,
                 inputs=[("in.png", handle, "image/png")],
             )
-    assert task["id"] == TASK_ID
+    assert str(task.id) == TASK_ID
     assert seen["content_type"].startswith("multipart/form-data")
     body: bytes = seen["body"]
     assert b'name="inputs"; filename="in.png"' in body
@@ -354,7 +380,7 @@ async def test_create_task_without_files_sends_json() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen["json"] = json.loads(request.content)
-        return httpx.Response(201, json={"id": TASK_ID, "state": "queued"})
+        return httpx.Response(201, json=task_json())
 
     async with _client(handler) as api:
         await api.create_task("debug.sleep", {"seconds": 1}, owner="ann")
@@ -373,25 +399,26 @@ async def test_download_writes_whole_files_only(tmp_path: Path) -> None:
 
     async with _client(handler) as api:
         path = await api.download_output(
-            TASK_ID, {"name": "out.png", "url": f"/api/tasks/{TASK_ID}/outputs/out.png"}, tmp_path
+            TASK_ID, "out.png", tmp_path, url=f"/api/tasks/{TASK_ID}/outputs/out.png"
         )
         with pytest.raises(OutputNotFound):
-            await api.download_output(TASK_ID, {"name": "gone.png"}, tmp_path)
+            await api.download_output(TASK_ID, "gone.png", tmp_path)
         with pytest.raises(UnsafeFileName):
-            await api.download_output(TASK_ID, {"name": "../evil"}, tmp_path)
+            await api.download_output(TASK_ID, "../evil", tmp_path)
     assert path == tmp_path / "out.png"
     assert path.read_bytes() == b"x" * 200_000
     assert _names(tmp_path) == ["out.png"]  # no partial file left behind
 
 
 async def test_stream_events_skips_keep_alives() -> None:
-    progress = {"id": str(uuid.uuid4()), "type": "task.progress", "progress": 0.5}
-    done = {"id": str(uuid.uuid4()), "type": "task.done", "status": "succeeded"}
+    task_id = uuid.UUID(TASK_ID)
+    progress = TaskProgress(task_id=task_id, flow="image.blur", progress=0.5)
+    done = TaskDone(task_id=task_id, flow="image.blur", status="succeeded")
     body = (
         ": keep-alive\n\n"
-        f"event: task.progress\nid: {progress['id']}\ndata: {json.dumps(progress)}\n\n"
+        f"event: task.progress\nid: {progress.id}\ndata: {progress.to_json()}\n\n"
         ": keep-alive\n\n"
-        f"event: task.done\nid: {done['id']}\ndata: {json.dumps(done)}\n\n"
+        f"event: task.done\nid: {done.id}\ndata: {done.to_json()}\n\n"
     )
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -415,12 +442,12 @@ async def test_event_stream_error_status_is_mapped() -> None:
 
 class FakeView:
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
 
-    def show_task(self, task: dict[str, Any]) -> None:
+    def show_task(self, task: TaskOut) -> None:
         pass
 
-    def show_event(self, event: dict[str, Any]) -> None:
+    def show_event(self, event: Event) -> None:
         self.events.append(event)
 
     def note(self, text: str) -> None:
@@ -439,36 +466,49 @@ class FakeApi:
     @asynccontextmanager
     async def open_event_stream(
         self, task_id: str, *, last_event_id: str | None = None
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    ) -> AsyncIterator[AsyncIterator[Event]]:
         self.opens += 1
         if self.opens == 1:
             raise httpx.ConnectError("connection refused")
-        yield self._events(task_id)
+        yield self._events(uuid.UUID(task_id))
 
-    async def _events(self, task_id: str) -> AsyncIterator[dict[str, Any]]:
-        yield {"id": "1", "type": "task.progress", "task_id": task_id, "progress": 0.5}
+    async def _events(self, task_id: uuid.UUID) -> AsyncIterator[Event]:
+        yield TaskProgress(task_id=task_id, flow="f", progress=0.5)
         self.done = True
-        yield {"id": "2", "type": "task.done", "task_id": task_id, "status": self.final_state}
+        yield TaskDone(task_id=task_id, flow="f", status=self.final_state)  # type: ignore[arg-type]
 
-    async def get_task(self, task_id: str) -> dict[str, Any]:
+    async def get_task(self, task_id: str) -> TaskOut:
         self.gets += 1
         state = self.final_state if self.done else "running"
-        return {"id": task_id, "state": state, "error": "bad pixels", "outputs": []}
+        return TaskOut.model_validate(task_json(id=task_id, state=state, error="bad pixels"))
 
 
 @pytest.mark.parametrize("final_state", ["succeeded", "failed"])
 async def test_follower_reconnects_and_returns_the_finished_task(
     monkeypatch: pytest.MonkeyPatch, final_state: str
 ) -> None:
-    monkeypatch.setattr(run_module, "RECONNECT_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(follow_module, "RECONNECT_BASE_SECONDS", 0.0)
     api, view = FakeApi(final_state), FakeView()
     task = await Follower(api, TASK_ID, view).run()  # type: ignore[arg-type]
-    assert task["state"] == final_state
+    assert task.state == final_state
     assert api.opens == 2
-    assert [event["type"] for event in view.events] == ["task.progress", "task.done"]
+    assert [event.type for event in view.events] == ["task.progress", "task.done"]
 
 
-def test_failed_task_is_a_flow_failed_error(tmp_path: Path) -> None:
-    task = {"id": TASK_ID, "state": "failed", "error": "bad pixels"}
+def test_failed_task_is_a_flow_failed_error() -> None:
+    task = TaskOut.model_validate(task_json(state="failed", error="bad pixels"))
     with pytest.raises(FlowFailed, match=f"^task {TASK_ID} failed: bad pixels$"):
-        run_module._finish(task, tmp_path, SERVER)
+        check_succeeded(task)
+
+
+# -- replay errors name the options ------------------------------------------
+
+
+def test_replay_field_names_become_the_options() -> None:
+    with pytest.raises(InvalidInput) as caught, replay_flags():
+        EventFilter(since=5, until=5)
+    assert caught.value.message.startswith("--since 5 is not before --until 5")
+    assert "(--since is inclusive, --until exclusive)" in caught.value.message
+    assert caught.value.field == "--since"
+    with pytest.raises(InvalidInput, match=r"^--until: 'soon' is neither"), replay_flags():
+        parse_point("soon", "until")
