@@ -1,22 +1,40 @@
-"""The seams between the domain and the outside world.
+"""The seams between the services and the outside world, each as narrow as its callers.
 
-``TaskStore`` is the system of record the server writes through. ``WorkQueue``
-is what a worker sees of its transport (in-process on SQLite, SKIP LOCKED on a
-database, JetStream over NATS); a worker never knows which one it has.
-``TaskFiles`` gives a worker local paths for a task's inputs and takes its
-outputs back (a shared folder, or an object store).
+A service names the port it needs, never an adapter class; ``services/runtime.py``
+(and the worker commands) pass the SQL, file, NATS or in-memory implementation
+(``adapters/memory/``). One contract suite per port (``tests/contract/``) runs
+against every implementation, so they cannot drift apart.
+
+- ``TaskStore``: the system of record the server writes through (``TaskService``);
+  ``ChainStore`` the part the chainer reads.
+- ``WorkQueue``: what a worker sees of its transport (in-process on SQLite, SKIP
+  LOCKED on a database, JetStream over NATS); a worker never knows which one it has.
+- ``TaskFiles``: local paths for an attempt's inputs and its outputs taken back (a
+  shared folder, or an object store); ``InputStore`` the server's side of them.
+- ``WebhookStore`` (subscriptions) and ``DeliveryQueue`` (due deliveries, attempts).
+- ``FlowSource``, ``Waker``, ``EventSource``, ``SubscriptionCache``, ``Retention``,
+  ``UserStore``: the rest a service calls.
 """
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from flowyard.core.events import Event, FileRef, TaskDone, TaskProgress, TaskRequeued
+from flowyard.core.events import Event, FileRef, TaskCreated, TaskDone, TaskProgress, TaskRequeued
+from flowyard.core.flow import Flow
+from flowyard.core.identity import ApiToken, Role, TokenKind, User
 from flowyard.core.task import Task, TaskState
+from flowyard.core.webhook import DeliveryStatus, Outcome, RetryPolicy, Subscription
+
+# -- values the ports exchange ------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,147 @@ class WorkerIdentity:
     """Device, device memory, host memory: shown by ``GET /api/workers``."""
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a lease extension learned."""
+
+    cancel_requested: bool = False
+
+
+@dataclass
+class AttemptFiles:
+    """Local paths for one attempt of a task."""
+
+    inputs: dict[str, Path]
+    outputs: Path
+    scratch: Path
+    produced: list[FileRef] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one subscription."""
+
+    id: int
+    webhook_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    task_id: uuid.UUID
+    body: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    delivery_id: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one attempt did to its delivery and subscription (for logs and tests)."""
+
+    status: DeliveryStatus
+    disabled_reason: str | None = None
+
+
+@dataclass
+class Pruned:
+    """What one pruning pass removed (or, dry, would remove)."""
+
+    tasks: list[uuid.UUID] = field(default_factory=list)
+    deliveries: int = 0
+    events: int = 0
+    keys: int = 0
+
+    def add(self, other: Pruned) -> None:
+        self.tasks += other.tasks
+        self.deliveries += other.deliveries
+        self.events += other.events
+        self.keys += other.keys
+
+
+# -- tasks --------------------------------------------------------------------
+
+
+class TaskRecords(Protocol):
+    """Record an event, read a task: what every writer of tasks needs."""
+
+    async def record(self, event: Event) -> Task:
+        """Apply ``event`` to its task and append it to the log, in one transaction."""
+        ...
+
+    async def get(self, task_id: uuid.UUID) -> Task:
+        """The task, or ``TaskNotFound``."""
+        ...
+
+
+class TaskStore(TaskRecords, Protocol):
+    """The system of record behind ``TaskService``."""
+
+    async def record_all(self, batch: Sequence[Event]) -> builtins.list[Task]:
+        """All of the events in one transaction, or none."""
+        ...
+
+    async def record_keyed(
+        self, event: TaskCreated, key: str, request_hash: str, window: timedelta
+    ) -> tuple[Task, bool]:
+        """Create under an idempotency key: (task, True) now, (original, False) a repeat."""
+        ...
+
+    async def list(
+        self,
+        *,
+        state: TaskState | None = None,
+        flow: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Sequence[Task]:
+        """Newest first."""
+        ...
+
+    async def events(self, task_id: uuid.UUID) -> Sequence[Event]:
+        """The task's log in order (kept after the task row is deleted)."""
+        ...
+
+    async def delete(self, task_id: uuid.UUID) -> None: ...
+
+
+class ChainStore(TaskRecords, Protocol):
+    async def chain_parents(self, since: datetime, limit: int = 500) -> builtins.list[Task]:
+        """Succeeded tasks with follow-ups, finished since ``since``."""
+        ...
+
+
+class FlowSource(Protocol):
+    """What services need of a flow registry (``flows.registry.FlowRegistry``)."""
+
+    def get(self, name: str) -> type[Flow]:
+        """The flow class, or ``FlowNotFound``."""
+        ...
+
+
+class EventSource(Protocol):
+    """Live events (``bus.inprocess.EventHub``): a queue that yields None once closed."""
+
+    def subscription(
+        self,
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[Event | None]]: ...
+
+
+# -- workers ------------------------------------------------------------------
+
+
 class Waker(Protocol):
     """How an idle loop (a worker, the event tailer) learns that something may be waiting.
 
@@ -48,35 +207,6 @@ class Waker(Protocol):
     def found_work(self, found: bool) -> None: ...
 
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """What a lease extension learned."""
-
-    cancel_requested: bool = False
-
-
-class TaskStore(Protocol):
-    async def record(self, event: Event) -> Task:
-        """Apply ``event`` to its task and append it to the log, in one transaction."""
-        ...
-
-    async def get(self, task_id: uuid.UUID) -> Task: ...
-
-    async def list(
-        self,
-        *,
-        state: TaskState | None = None,
-        flow: str | None = None,
-        owner: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> Sequence[Task]: ...
-
-    async def delete(self, task_id: uuid.UUID) -> None: ...
-
-    async def events(self, task_id: uuid.UUID) -> Sequence[Event]: ...
 
 
 class WorkQueue(Protocol):
@@ -102,7 +232,8 @@ class WorkQueue(Protocol):
         """Publish the attempt's progress or result; ``TaskDone`` also acks the work.
 
         ``TaskRequeued`` (a retryable failure, with its backoff's ``not_before``) ends
-        the attempt too: the next one is dispatched when it is due.
+        the attempt too: the next one is dispatched when it is due. A stale attempt's
+        report raises ``LeaseLost``.
         """
         ...
 
@@ -111,16 +242,6 @@ class WorkQueue(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-@dataclass
-class AttemptFiles:
-    """Local paths for one attempt of a task."""
-
-    inputs: dict[str, Path]
-    outputs: Path
-    scratch: Path
-    produced: list[FileRef] = field(default_factory=list)
 
 
 class TaskFiles(Protocol):
@@ -137,7 +258,137 @@ class TaskFiles(Protocol):
         ...
 
 
-class EventFeed(Protocol):
-    """Live events for subscribers (SSE, webhooks, CLI tail)."""
+# -- the server's files -------------------------------------------------------
 
-    def subscribe(self, task_id: uuid.UUID | None = None) -> AsyncIterator[Event]: ...
+
+class TaskFolders(Protocol):
+    async def delete_task(self, task_id: uuid.UUID) -> None:
+        """Remove everything stored for the task (nothing there is fine)."""
+        ...
+
+
+class InputStore(TaskFolders, Protocol):
+    async def ensure_task_dir(self, task_id: uuid.UUID) -> None: ...
+
+    async def save_input(
+        self,
+        task_id: uuid.UUID,
+        *,
+        input_name: str,
+        filename: str,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+    ) -> FileRef:
+        """Stream one upload in; over ``limit`` bytes is ``UploadTooLarge``."""
+        ...
+
+
+class ChainFiles(InputStore, Protocol):
+    def output_path(self, task: Task, name: str) -> tuple[Path, FileRef]:
+        """A parent's output as a local file (``OutputNotFound`` when absent)."""
+        ...
+
+
+# -- webhooks -----------------------------------------------------------------
+
+
+class WebhookStore(Protocol):
+    """Subscriptions and their deliveries as ``WebhookService`` manages them."""
+
+    async def create(self, sub: Subscription) -> Subscription: ...
+
+    async def list(self, owner: str | None = None) -> builtins.list[Subscription]: ...
+
+    async def get(self, webhook_id: uuid.UUID) -> Subscription:
+        """The subscription, or ``WebhookNotFound``."""
+        ...
+
+    async def delete(self, webhook_id: uuid.UUID) -> None: ...
+
+    async def enable(self, webhook_id: uuid.UUID) -> Subscription: ...
+
+    async def deliveries(
+        self, webhook_id: uuid.UUID, *, limit: int = 50, status: DeliveryStatus | None = None
+    ) -> builtins.list[tuple[Delivery, builtins.list[AttemptRecord]]]:
+        """The newest deliveries first, each with its attempts oldest first."""
+        ...
+
+
+class DeliveryQueue(Protocol):
+    """Due deliveries as ``WebhookDispatcher`` sends them."""
+
+    async def enabled(self) -> builtins.list[Subscription]: ...
+
+    async def sweep_orphans(self) -> int:
+        """Delete deliveries of removed subscriptions."""
+        ...
+
+    async def claim(
+        self, slots: Mapping[uuid.UUID, int], now: datetime, lease: timedelta
+    ) -> builtins.list[Delivery]:
+        """Up to ``slots[webhook]`` due pending deliveries each, hidden until now+lease."""
+        ...
+
+    async def next_due(self, webhook_ids: Sequence[uuid.UUID]) -> datetime | None: ...
+
+    async def record_attempt(
+        self,
+        delivery: Delivery,
+        *,
+        at: datetime,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int,
+        outcome: Outcome,
+        policy: RetryPolicy,
+    ) -> AttemptResult:
+        """Record one attempt; move the delivery and the subscription's health on."""
+        ...
+
+
+class SubscriptionCache(Protocol):
+    """A process's cached list of subscriptions (``DeliveryRecorder``)."""
+
+    def invalidate(self) -> None: ...
+
+    def cached_wants(self, events: Iterable[Event]) -> bool:
+        """Whether any event matches a cached subscription (no I/O)."""
+        ...
+
+
+# -- retention and users ------------------------------------------------------
+
+
+class Retention(Protocol):
+    async def prune_tasks(self, before: datetime, *, batch: int, dry_run: bool) -> Pruned: ...
+
+    async def prune_events(self, before: datetime, *, batch: int, dry_run: bool) -> Pruned: ...
+
+    async def prune_keys(self, before: datetime) -> int: ...
+
+
+class UserStore(Protocol):
+    async def count_admins(self) -> int: ...
+
+    async def create(self, name: str, password: str, role: Role) -> User: ...
+
+    async def get(self, name: str) -> User:
+        """The user, or ``UserNotFound``."""
+        ...
+
+    async def check_password(self, name: str, password: str) -> User | None: ...
+
+    async def authenticate_token(self, secret: str, now: datetime) -> tuple[ApiToken, User] | None:
+        """The live token and its user, or None."""
+        ...
+
+    async def create_token(
+        self,
+        user: str,
+        *,
+        name: str,
+        kind: TokenKind = TokenKind.api,
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiToken, str]: ...
+
+    async def revoke_token(self, token_id: str, *, user: str | None = None) -> ApiToken: ...

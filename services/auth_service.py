@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from flowyard.adapters.sql.user_store import SqlUserStore
 from flowyard.core.errors import ConfigError, Unauthenticated, UserNotFound
 from flowyard.core.events import utcnow
 from flowyard.core.identity import FailureLimiter, Principal, Role, TokenKind, User, token_id_of
+from flowyard.core.ports import UserStore
 from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def csrf_matches(session_secret: str, sent: str | None) -> bool:
 class Authenticator:
     def __init__(
         self,
-        users: SqlUserStore,
+        users: UserStore,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -19,16 +19,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import aiofiles
 
-from flowyard.adapters.files.local import LocalFileStore
-from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.core.errors import FlowNotFound, FlowyardError, TaskNotFound
 from flowyard.core.events import ChainStep, Event, FileRef, TaskCreated, TaskDone, utcnow
 from flowyard.core.flow import Flow, InputSpec
+from flowyard.core.ports import ChainFiles, ChainStore, FlowSource
 from flowyard.core.task import Task, TaskState
-from flowyard.flows.registry import FlowRegistry
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +58,9 @@ def pair_outputs(
 class Chainer:
     def __init__(
         self,
-        store: SqlTaskStore,
-        files: LocalFileStore,
-        flows: FlowRegistry,
+        store: ChainStore,
+        files: ChainFiles,
+        flows: FlowSource,
         *,
         max_attempts: int,
         max_upload_bytes: int,
@@ -151,7 +150,7 @@ class Chainer:
         await asyncio.gather(*self._jobs, return_exceptions=True)
 
 
-async def _read(path: object) -> AsyncIterator[bytes]:
-    async with aiofiles.open(path, "rb") as fh:  # type: ignore[call-overload]
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as fh:
         while chunk := await fh.read(CHUNK):
             yield chunk

@@ -13,10 +13,9 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
-from flowyard.adapters.files.local import LocalFileStore
-from flowyard.adapters.sql.retention import Pruned, SqlRetention
 from flowyard.core.errors import Unavailable
 from flowyard.core.events import utcnow
+from flowyard.core.ports import Pruned, Retention, TaskFolders
 from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ MAX_BATCHES = 1000
 
 
 class Pruner:
-    def __init__(self, retention: SqlRetention, files: LocalFileStore, settings: Settings) -> None:
+    def __init__(self, retention: Retention, files: TaskFolders, settings: Settings) -> None:
         self.retention = retention
         self.files = files
         self.settings = settings

@@ -22,11 +22,11 @@ from datetime import timedelta
 
 import httpx
 
-from flowyard.adapters.sql.webhook_store import Delivery, DeliveryRecorder, SqlWebhookStore
 from flowyard.adapters.webhook_guard import check_target
 from flowyard.adapters.webhook_sender import Attempt, send
 from flowyard.core.errors import InvalidInput, Unavailable
 from flowyard.core.events import Event, utcnow
+from flowyard.core.ports import Delivery, DeliveryQueue, SubscriptionCache
 from flowyard.core.settings import Settings
 from flowyard.core.webhook import Outcome, RetryPolicy, Subscription, outcome
 
@@ -52,8 +52,8 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 class WebhookDispatcher:
     def __init__(
         self,
-        store: SqlWebhookStore,
-        recorder: DeliveryRecorder,
+        store: DeliveryQueue,
+        recorder: SubscriptionCache,
         settings: Settings,
         *,
         per_webhook: int = PER_WEBHOOK,
@@ -172,7 +172,7 @@ class WebhookDispatcher:
             jobs = self._in_flight.get(sub.id, set())
             current = asyncio.current_task()
             if current is not None:
-                jobs.discard(current)  # type: ignore[arg-type]
+                jobs.discard(current)
             if not jobs:
                 self._in_flight.pop(sub.id, None)
             self._wake.set()

@@ -10,28 +10,26 @@ registers the in-transaction hook that writes delivery rows with their events.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flowyard.adapters.sql.database import Database
-from flowyard.adapters.sql.webhook_store import (
-    AttemptRecord,
-    Delivery,
-    DeliveryRecorder,
-    SqlWebhookStore,
-)
+from flowyard.adapters.sql.webhook_store import DeliveryRecorder
 from flowyard.adapters.webhook_guard import check_target
 from flowyard.adapters.webhook_sender import generate_secret, parse_secret
 from flowyard.core.errors import WebhookNotFound
 from flowyard.core.identity import Principal
+from flowyard.core.ports import AttemptRecord, Delivery, SubscriptionCache, WebhookStore
 from flowyard.core.settings import Settings
 from flowyard.core.webhook import DeliveryStatus, Subscription, check_event_types, check_flows
+from flowyard.services.api.urls import output_urls
 
 
 def install_webhooks(db: Database, settings: Settings) -> DeliveryRecorder:
     """Make every event written through ``db`` create its webhook delivery rows atomically."""
-    recorder = DeliveryRecorder(db.dialect, settings.public_url)
+    recorder = DeliveryRecorder(db.dialect, output_urls(settings.public_url))
     db.in_transaction(recorder)
     return recorder
 
@@ -48,7 +46,7 @@ class NewWebhook:
 
 class WebhookService:
     def __init__(
-        self, store: SqlWebhookStore, recorder: DeliveryRecorder, settings: Settings
+        self, store: WebhookStore, recorder: SubscriptionCache, settings: Settings
     ) -> None:
         self.store = store
         self.recorder = recorder
@@ -103,6 +101,6 @@ class WebhookService:
         *,
         limit: int,
         status: DeliveryStatus | None = None,
-    ) -> list[tuple[Delivery, list[AttemptRecord]]]:
+    ) -> builtins.list[tuple[Delivery, builtins.list[AttemptRecord]]]:
         await self.get(webhook_id, caller)
         return await self.store.deliveries(webhook_id, limit=limit, status=status)

@@ -1,0 +1,114 @@
+"""The ``WorkQueue`` contract: leased claims by priority, heartbeats, reports, release.
+
+The NATS work queue is not a parameter here: its claims come from JetStream work
+messages that only the server's relay, scheduler and consumer turn into task
+rows (``services/nats_server.py``), so it cannot stand alone beside a store; the
+same behaviours run against it end to end in
+``tests/integration/test_task_operations_transports.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from flowyard.core.errors import LeaseLost
+from flowyard.core.events import TaskCancelRequested, TaskDone, utcnow
+from flowyard.core.task import TaskState, event_for
+from tests.contract.conftest import Ports, worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_claim_takes_the_highest_priority_first_then_the_oldest(ports: Ports) -> None:
+    low = await ports.create(priority=0)
+    high = await ports.create(priority=9)
+    older_mid = await ports.create(priority=5)
+    newer_mid = await ports.create(priority=5)
+    first = await ports.queue.claim(worker(), 2)
+    assert [t.id for t in first] == [high.id, older_mid.id]
+    assert all(t.state is TaskState.running and t.attempt == 1 for t in first)
+    assert all(t.worker_id == worker().id and t.lease_expires_at is not None for t in first)
+    rest = await ports.queue.claim(worker(), 5)
+    assert [t.id for t in rest] == [newer_mid.id, low.id]
+    assert await ports.queue.claim(worker(), 5) == []
+
+
+async def test_claim_respects_not_before_owner_and_flows(ports: Ports) -> None:
+    later = await ports.create(not_before=utcnow() + timedelta(hours=1))
+    bobs = await ports.create(owner="bob")
+    other_flow = await ports.create(flow="image.blur")
+    alices = await ports.create(owner="alice")
+    claimed = await ports.queue.claim(worker(owner="alice"), 10)
+    assert [t.id for t in claimed] == [alices.id]
+    claimed = await ports.queue.claim(worker(), 10)
+    assert [t.id for t in claimed] == [bobs.id]
+    assert (await ports.store.get(later.id)).state is TaskState.queued
+    assert (await ports.store.get(other_flow.id)).state is TaskState.queued
+
+
+async def test_a_report_finishes_the_attempt(ports: Ports) -> None:
+    await ports.create()
+    w = worker()
+    (task,) = await ports.queue.claim(w, 1)
+    await ports.queue.report(w, event_for(task, TaskDone, status="succeeded", worker_id=w.id))
+    assert (await ports.store.get(task.id)).state is TaskState.succeeded
+
+
+async def test_release_requeues_for_a_new_attempt(ports: Ports) -> None:
+    await ports.create()
+    w = worker()
+    (task,) = await ports.queue.claim(w, 1)
+    await ports.queue.release(w, task, "worker stopping")
+    assert (await ports.store.get(task.id)).state is TaskState.queued
+    (again,) = await ports.queue.claim(worker("w2"), 1)
+    assert again.id == task.id
+    assert again.attempt == 2
+
+
+async def test_a_stale_attempts_report_is_refused(ports: Ports) -> None:
+    await ports.create()
+    w1, w2 = worker("w1"), worker("w2")
+    (old,) = await ports.queue.claim(w1, 1)
+    await ports.queue.release(w1, old, "lost")
+    await ports.queue.claim(w2, 1)
+    with pytest.raises(LeaseLost):
+        await ports.queue.report(w1, event_for(old, TaskDone, status="succeeded", worker_id=w1.id))
+    assert (await ports.store.get(old.id)).state is TaskState.running
+
+
+async def test_heartbeat_extends_a_held_lease_and_raises_on_a_lost_one(ports: Ports) -> None:
+    await ports.create()
+    w = worker()
+    (task,) = await ports.queue.claim(w, 1)
+    beat = await ports.queue.heartbeat(w, task)
+    assert not beat.cancel_requested
+    await ports.record(event_for(task, TaskCancelRequested))
+    assert (await ports.queue.heartbeat(w, task)).cancel_requested
+    with pytest.raises(LeaseLost):
+        await ports.queue.heartbeat(worker("someone-else"), task)
+    await ports.queue.release(w, task, "stopping")
+    with pytest.raises(LeaseLost):
+        await ports.queue.heartbeat(w, task)
+
+
+async def test_reap_requeues_an_expired_lease(ports: Ports) -> None:
+    await ports.create()
+    (task,) = await ports.queue.claim(worker(), 1)
+    assert await ports.queue.reap(now=utcnow() + timedelta(hours=1)) == 1
+    reaped = await ports.store.get(task.id)
+    assert reaped.state is TaskState.queued
+    assert reaped.worker_id is None
+
+
+async def test_wait_for_work_is_woken_by_a_new_task(ports: Ports) -> None:
+    assert await ports.queue.claim(worker(), 1) == []
+    waiting = asyncio.create_task(ports.queue.wait_for_work(30))
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    await ports.create()
+    await asyncio.wait_for(waiting, 5)
+    assert asyncio.get_running_loop().time() - started < 5
+    assert len(await ports.queue.claim(worker(), 1)) == 1

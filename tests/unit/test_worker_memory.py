@@ -1,0 +1,172 @@
+"""The worker against the in-memory ports: no subprocess, no database, no network.
+
+Each test starts ``Worker.run`` in the test's event loop on ``MemoryWorkQueue``
+and ``MemoryFiles``, creates tasks by recording ``task.created``, and waits for
+the task's row to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+
+from flowyard.adapters.memory import MemoryFiles, MemoryTaskStore, MemoryWorkQueue
+from flowyard.core.events import TaskCancelRequested, TaskCreated
+from flowyard.core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec
+from flowyard.core.ports import WorkerIdentity
+from flowyard.core.task import Task, TaskState, event_for
+from flowyard.flows.debug import Sleep
+from flowyard.flows.registry import FlowRegistry
+from flowyard.services.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Shout(Flow):
+    """Upper-cases its input into ``out.txt``."""
+
+    name = "test.shout"
+    inputs = (InputSpec(name="text"),)
+    outputs = (OutputSpec(name="out.txt"),)
+
+    def run(self, ctx: FlowContext, params: Any) -> None:
+        ctx.progress(0.5, "reading")
+        ctx.output("out.txt").write_bytes(ctx.input("text").read_bytes().upper())
+
+
+class Batched(Flow):
+    name = "test.batched"
+    batch_size = 3
+    batch_window = 0.2
+    seen: ClassVar[list[int]] = []
+
+    def run(self, ctx: FlowContext, params: Any) -> None:
+        Batched.seen.append(1)
+
+    def run_batch(self, items: Sequence[BatchItem]) -> Sequence[BaseException | None]:
+        Batched.seen.append(len(items))
+        return [None] * len(items)
+
+
+@dataclass
+class Yard:
+    store: MemoryTaskStore
+    files: MemoryFiles
+    worker: Worker
+    changed: asyncio.Event
+    """Set on every commit: waiting for a state needs no polling."""
+
+    async def create(self, flow: str, params: dict[str, Any] | None = None, **fields: Any) -> Task:
+        task_id = uuid.uuid4()
+        await self.files.ensure_task_dir(task_id)
+        event = TaskCreated(
+            task_id=task_id, flow=flow, owner="alice", params=params or {}, **fields
+        )
+        return await self.store.record(event)
+
+    async def until(self, task_id: uuid.UUID, *states: TaskState) -> Task:
+        while (task := await self.store.get(task_id)).state not in states:
+            self.changed.clear()
+            await self.changed.wait()
+        return task
+
+    async def finished(self, task_id: uuid.UUID) -> Task:
+        return await self.until(task_id, TaskState.succeeded, TaskState.failed, TaskState.cancelled)
+
+
+@pytest.fixture
+async def yard() -> AsyncIterator[Yard]:
+    store = MemoryTaskStore()
+    changed = asyncio.Event()
+    store.on_commit(lambda _events: changed.set())
+    files = MemoryFiles()
+    registry = FlowRegistry({f.name: f for f in (Sleep, Shout, Batched)})
+    identity = WorkerIdentity(
+        id="worker-1", name="w1", host="test", flows=registry.names(), concurrency=4
+    )
+    options = WorkerOptions(
+        heartbeat_seconds=0.05, progress_interval=0.01, poll_interval=0.1, grace_seconds=1.0
+    )
+    worker = Worker(identity, MemoryWorkQueue(store), files, registry, options)
+    running = asyncio.create_task(worker.run())
+    try:
+        yield Yard(store, files, worker, changed)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+
+
+async def test_a_claimed_task_runs_and_its_outputs_are_kept(yard: Yard) -> None:
+    task_id = uuid.uuid4()
+    ref = await yard.files.save_input(
+        task_id, input_name="text", filename="in.txt", chunks=_chunks(b"hello"), limit=100
+    )
+    created = TaskCreated(task_id=task_id, flow="test.shout", owner="alice", inputs=(ref,))
+    await yard.store.record(created)
+    done = await yard.finished(task_id)
+    assert done.state is TaskState.succeeded, done.error
+    assert done.attempt == 1
+    assert yard.files.read(done, "out.txt") == b"HELLO"
+    kinds = [e.type for e in await yard.store.events(task_id)]
+    assert kinds[:2] == ["task.created", "task.claimed"]
+    assert kinds[-1] == "task.done"
+
+
+async def test_a_cancel_request_stops_the_flow(yard: Yard) -> None:
+    task = await yard.create("debug.sleep", {"seconds": 30, "steps": 300})
+    running = await yard.until(task.id, TaskState.running)
+    await yard.store.record(event_for(running, TaskCancelRequested))
+    done = await yard.finished(task.id)
+    assert done.state is TaskState.cancelled
+    assert done.error == "cancelled on request"
+
+
+async def test_a_transient_failure_is_retried_by_the_flows_policy(yard: Yard) -> None:
+    task = await yard.create(
+        "debug.sleep", {"seconds": 0, "steps": 1, "transient": "flaky"}, max_attempts=2
+    )
+    done = await yard.finished(task.id)
+    assert done.state is TaskState.failed
+    assert done.attempt == 2
+    assert done.error is not None
+    assert "flaky" in done.error
+    kinds = [e.type for e in await yard.store.events(task.id)]
+    assert kinds.count("task.claimed") == 2
+    assert "task.requeued" in kinds
+
+
+async def test_a_task_whose_input_is_missing_fails_at_once(yard: Yard) -> None:
+    task = await yard.create("test.shout")
+    done = await yard.finished(task.id)
+    assert done.state is TaskState.failed
+    assert done.attempt == 1
+    assert done.error == "inputs: missing input 'text'"
+
+
+async def test_same_flow_tasks_run_as_one_batch(yard: Yard) -> None:
+    Batched.seen.clear()
+    yard.worker.stop()  # claim all three together: queue them before a worker looks
+    store, files = yard.store, yard.files
+    tasks = [await yard.create("test.batched") for _ in range(3)]
+    registry = FlowRegistry({Batched.name: Batched})
+    identity = WorkerIdentity(
+        id="worker-2", name="w2", host="test", flows=("test.batched",), concurrency=3
+    )
+    worker = Worker(identity, MemoryWorkQueue(store), files, registry, WorkerOptions())
+    running = asyncio.create_task(worker.run())
+    try:
+        for task in tasks:
+            assert (await yard.finished(task.id)).state is TaskState.succeeded
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    assert Batched.seen == [3]
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
