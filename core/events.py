@@ -9,8 +9,6 @@ stable: ``event.to_json()`` and ``parse_event()`` round-trip it, and
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -202,30 +200,3 @@ def parse_event(data: str | bytes | dict[str, Any]) -> Event:
     if isinstance(data, dict):
         return _adapter.validate_python(data)
     return _adapter.validate_json(data)
-
-
-def subject_for(event: EventBase, prefix: str = "flowyard") -> str:
-    """The bus subject of an event: ``<prefix>.events.<type>.<owner>.<flow>``.
-
-    Type and flow are tokens of their own so that subscribers can filter on either.
-    """
-    kind = event.model_dump(include={"type"})["type"].split(".", 1)[1]
-    return f"{prefix}.events.{kind}.{token(event.owner)}.{token(event.flow)}"
-
-
-def token(value: str) -> str:
-    """A subject token: dots, spaces and wildcards would split or widen the subject."""
-    return value.replace(".", "_").replace(" ", "_").replace("*", "_").replace(">", "_")
-
-
-def name_token(value: str) -> str:
-    """A NATS stream, consumer or bucket name part: letters, digits, ``_`` and ``-`` only.
-
-    Names that ``token`` keeps distinct stay distinct: when other characters had to
-    be replaced, a short hash of the token is appended (``a@b`` -> ``a_b_1f0c…``).
-    """
-    subject_token = token(value)
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", subject_token)
-    if safe == subject_token and safe:
-        return safe
-    return f"{safe}_{hashlib.sha256(subject_token.encode()).hexdigest()[:8]}"

@@ -25,27 +25,28 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from flowyard.adapters.nats_object_store import NatsFileTransfer
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.outbox import SqlOutbox
 from flowyard.adapters.sql.projection import SqlProjection
 from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.adapters.sql.user_store import SqlUserStore
+from flowyard.bus.nats.advisories import AdvisoryWatcher
 from flowyard.bus.nats.auth_config import WhoAmIReply
 from flowyard.bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
 from flowyard.bus.nats.dispatch import WorkDispatcher
+from flowyard.bus.nats.object_store import NatsFileTransfer
 from flowyard.bus.nats.reconcile import Reconciler
 from flowyard.bus.nats.relay import OutboxRelay
 from flowyard.bus.nats.scheduler import Scheduler
-from flowyard.bus.nats.server_consumer import (
-    AdvisoryWatcher,
-    WorkerEventConsumer,
-    register_server_handlers,
-)
+from flowyard.bus.nats.server_handlers import register_server_handlers
 from flowyard.bus.nats.streams import events_stream_config
+from flowyard.bus.nats.subjects import token
 from flowyard.bus.nats.topology import Topology
+from flowyard.bus.nats.worker_events import WorkerEventConsumer
+from flowyard.bus.nats.worker_protocol import NATS_LEASES
+from flowyard.core.backoff import Backoff
 from flowyard.core.errors import ConfigError, Unavailable
-from flowyard.core.events import TaskCreated, token
+from flowyard.core.events import TaskCreated
 from flowyard.core.identity import Role
 from flowyard.core.settings import Settings
 
@@ -58,7 +59,9 @@ class NatsBridge:
             raise ConfigError("NATS is not configured: pass --nats nats://HOST:4222")
         self.settings = settings
         self.outbox = SqlOutbox(db)
-        self.projection = SqlProjection(db, gated=settings.nats_dispatch == "priority")
+        self.projection = SqlProjection(
+            db, kept=NATS_LEASES, gated=settings.nats_dispatch == "priority"
+        )
         self.broker = make_broker(
             settings.nats_url,
             NatsAuth.from_settings(settings),
@@ -212,16 +215,16 @@ class NatsBridge:
                 log.error("%s; retrying in 10s", exc.message)
                 await asyncio.sleep(10)
 
-    async def _retry(self, call: Callable[[], Awaitable[None]], what: str) -> None:
-        backoff = 0.5
+    async def _retry(self, call: Callable[[], Awaitable[object]], what: str) -> None:
+        backoff = Backoff(first=0.5)
         while True:
             try:
                 await call()
                 return
             except Unavailable as exc:
-                log.warning("%s: %s; retrying in %.1fs", what, exc.message, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                pause = backoff.failed()
+                log.warning("%s: %s; retrying in %.1fs", what, exc.message, pause)
+                await asyncio.sleep(pause)
 
     async def health(self) -> dict[str, Any]:
         """For GET /api/health: connection, and the relay's lag (bounded count, oldest age)."""

@@ -30,33 +30,34 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from flowyard.adapters.nats_object_store import NatsTaskFiles
 from flowyard.bus.nats.auth_config import WhoAmIReply, inbox_prefix, whoami_subject
-from flowyard.bus.nats.broker import RECONNECT_WAIT, TRANSIENT, NatsAuth, connection, make_broker
-from flowyard.bus.nats.streams import (
-    cancel_subject,
-    owner_filter,
-    wake_subject,
-    work_consumer,
-    work_stream,
+from flowyard.bus.nats.broker import (
+    RECONNECT_WAIT,
+    TRANSIENT,
+    NatsAuth,
+    connection,
+    make_broker,
+    nats_errors,
 )
+from flowyard.bus.nats.object_store import NatsTaskFiles
+from flowyard.bus.nats.streams import work_consumer, work_stream
+from flowyard.bus.nats.subjects import cancel_subject, owner_filter, token, wake_subject
 from flowyard.bus.nats.work_queue import NatsWorkQueue
+from flowyard.bus.nats.worker_protocol import NATS_LEASES
 from flowyard.core.errors import ConfigError, Forbidden, Unauthenticated, Unavailable
-from flowyard.core.events import token
 from flowyard.core.identity import Role
-from flowyard.core.redelivery import NATS_WORKER_PREFIX
 from flowyard.core.settings import Settings
 from flowyard.flows.device import detect_device
 from flowyard.flows.registry import installed_flows
-from flowyard.services.db_worker import (
+from flowyard.services.worker import Worker
+from flowyard.services.worker_metrics import metered
+from flowyard.services.worker_process import (
     log_start,
     select_flows,
     stop_on_signals,
     worker_identity,
     worker_options,
 )
-from flowyard.services.metrics import metered
-from flowyard.services.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ async def run_nats_worker(
     local = worker_identity(
         name, selected, concurrency, owner, transport="nats", device=detect_device(settings.device)
     )
-    identity = dataclasses.replace(local, id=f"{NATS_WORKER_PREFIX}{local.id}")
+    identity = dataclasses.replace(local, id=NATS_LEASES.worker_id(local.id))
     broker = make_broker(
         settings.nats_url, auth, name=f"flowyard-worker {identity.name}", inbox_prefix=inbox
     )
@@ -317,14 +318,12 @@ async def _check_permissions(
     for flow in flows:
         subjects += [cancel_subject(owner, flow), wake_subject(owner_filter(owner), token(flow))]
     subjects.append(f"{inbox}.check")
-    try:
+    with nats_errors(f"checking the permissions of {login!r}"):
         subscriptions = [await nc.subscribe(subject) for subject in subjects]
         await nc.flush(timeout=rpc_seconds)
         await nc.flush(timeout=rpc_seconds)
         for subscription in subscriptions:
             await subscription.unsubscribe()
-    except TRANSIENT as exc:
-        raise Unavailable(f"NATS: checking the permissions of {login!r} failed: {exc}") from exc
     refused = [e for e in errors if PERMISSIONS_VIOLATION in e.lower()]
     if not refused:
         return

@@ -82,6 +82,10 @@ tasks = sa.Table(
     # NATS priority dispatch (0010): a work message for the task is out since then; not a
     # projection of events (NULL again when a retry or a backoff needs a new message)
     sa.Column("work_sent_at", UtcDateTime, nullable=True),
+    # the transport that keeps a running attempt's lease (0011: "nats", JetStream's ack wait);
+    # NULL: the database's own lease, which SqlWorkQueue.reap expires. Written by the
+    # projection of transport workers' events, not a projection of the events themselves
+    sa.Column("lease_keeper", sa.String(40), nullable=True),
     sa.Index("ix_tasks_claim", "state", "flow", "priority", "created_at"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
     sa.Index("ix_tasks_created", "created_at"),

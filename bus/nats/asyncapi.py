@@ -17,9 +17,10 @@ import yaml
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
-from flowyard.bus.nats.server_consumer import register_server_handlers
-from flowyard.bus.nats.streams import EVENTS_STREAM, PREFIX, WORK_STREAM_PREFIX
-from flowyard.bus.nats.work_queue import WorkerPresence
+from flowyard.bus.nats.server_handlers import register_server_handlers
+from flowyard.bus.nats.streams import EVENTS_STREAM, WORK_STREAM_PREFIX
+from flowyard.bus.nats.subjects import PREFIX
+from flowyard.bus.nats.worker_protocol import WorkerPresence
 from flowyard.core.events import (
     TaskCancelRequested,
     TaskClaimed,

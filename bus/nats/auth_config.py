@@ -30,19 +30,20 @@ from nats.js.object_store import (
 )
 from pydantic import BaseModel
 
-from flowyard.bus.nats.streams import (
+from flowyard.bus.nats.streams import work_stream
+from flowyard.bus.nats.subjects import (
     PREFIX,
     WORKER_EVENT_KINDS,
     cancel_subject,
     event_subject,
     lease_subject,
+    name_token,
+    token,
     wake_subject,
-    work_stream,
     worker_event_filters,
     workers_subject,
 )
 from flowyard.core.errors import ConfigError
-from flowyard.core.events import name_token, token
 from flowyard.core.identity import USER_NAME, Role
 
 ACCOUNT = "FLOWYARD"
@@ -54,7 +55,7 @@ BCRYPT = re.compile(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}")
 """What nats-server takes as a bcrypt hash in place of a password (and nothing plainer)."""
 
 BucketName = Callable[[str], str]
-"""An owner's object-store bucket (``adapters.nats_object_store.bucket_name``)."""
+"""An owner's object-store bucket (``bus.nats.object_store.bucket_name``)."""
 
 
 class NatsLogin(Protocol):
@@ -298,7 +299,7 @@ def render_auth_config(
         owner = _check_name(login.owner, "owner")
         if name in seen:
             raise ConfigError(
-                f"NATS user {name!r} appears twice (is it also the server's --server-user?)"
+                f"NATS user {name!r} appears twice (is it also the server's --nats-user?)"
             )
         seen.add(name)
         role = Role(login.role)

@@ -9,10 +9,11 @@ stop a server or a worker.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,14 @@ class NatsAuth:
 
     def check(self) -> None:
         if self.creds is not None and (self.user or self.password):
-            raise ConfigError("give NATS --creds or --user/--password, not both")
+            raise ConfigError("give --nats-creds or --nats-user/--nats-password, not both")
         if bool(self.user) != bool(self.password):
-            raise ConfigError("NATS --user and --password go together")
+            raise ConfigError("--nats-user and --nats-password go together")
         if self.creds is not None:
             if not self.creds.is_file():
                 raise ConfigError(f"NATS credentials file {self.creds} does not exist")
             if importlib.util.find_spec("nkeys") is None:
-                raise ConfigError("NATS --creds needs the 'nkeys' package: pip install nkeys")
+                raise ConfigError("--nats-creds needs the 'nkeys' package: pip install nkeys")
 
     def security(self) -> BaseSecurity | None:
         if self.creds is not None:
@@ -129,10 +130,38 @@ async def connection(broker: NatsBroker) -> tuple[Client, JetStreamContext]:
     return client, client.jetstream(timeout=PUBLISH_TIMEOUT)
 
 
+TRANSIENT: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
+"""What an outage looks like to a client (a permission violation too: the request times out)."""
+
+
 def unavailable(what: str, exc: BaseException) -> Unavailable:
     reason = str(exc).strip() or type(exc).__name__
     return Unavailable(f"NATS: {what} failed: {reason}")
 
 
-TRANSIENT: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
-"""What an outage looks like to a client (a permission violation too: the request times out)."""
+@contextlib.contextmanager
+def nats_errors(what: str) -> Iterator[None]:
+    """Translate an outage inside the block into ``Unavailable`` ("NATS: <what> failed: …").
+
+    The one place nats-py's errors become flowyard's: callers retry ``Unavailable``
+    and never see a driver exception. Errors the block handles itself (a
+    ``NotFoundError`` that means "already gone") are caught inside it.
+    """
+    try:
+        yield
+    except TRANSIENT as exc:
+        raise unavailable(what, exc) from exc
+
+
+@contextlib.contextmanager
+def best_effort(
+    what: str | None = None, *, log_to: logging.Logger = log, level: int = logging.DEBUG
+) -> Iterator[None]:
+    """Ignore an outage inside the block (an ack, a nak, a wake-up: NATS redelivers or a
+    poll catches up); ``what`` names it in a log line."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        if what is not None:
+            reason = str(exc).strip() or type(exc).__name__
+            log_to.log(level, "NATS: %s failed: %s", what, reason)

@@ -19,20 +19,19 @@ from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, best_effort, nats_errors
 from flowyard.bus.nats.streams import (
     ATTEMPT_BASE,
     MSG_ID,
     ensure_consumer,
     ensure_stream,
-    wake_subject,
     work_consumer,
     work_consumer_config,
     work_stream,
     work_stream_config,
-    work_subject,
 )
-from flowyard.core.events import TaskCreated, token
+from flowyard.bus.nats.subjects import token, wake_subject, work_subject
+from flowyard.core.events import TaskCreated
 from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
@@ -84,11 +83,9 @@ class WorkDispatcher:
             config = work_consumer_config(
                 owner, flow, lease_seconds=self.lease_seconds, max_attempts=self.max_attempts
             )
-            try:
+            with nats_errors(f"setting up the work stream of {owner!r}"):
                 await ensure_stream(self.js, work_stream_config(owner))
                 await ensure_consumer(self.js, work_stream(owner), config)
-            except TRANSIENT as exc:
-                raise unavailable(f"setting up the work stream of {owner!r}", exc) from exc
             self._ready.add((owner, flow))
 
     def forget(self) -> None:
@@ -103,13 +100,12 @@ class WorkDispatcher:
         """
         repaired = 0
         for owner, flow in sorted(self._ready)[:limit]:
-            try:
-                await self.js.consumer_info(work_stream(owner), work_consumer(flow))
-                continue
-            except nats.js.errors.NotFoundError:
-                log.warning("work consumer of %s/%s is gone; setting it up again", owner, flow)
-            except TRANSIENT as exc:
-                raise unavailable(f"checking the work consumer of {owner!r}", exc) from exc
+            with nats_errors(f"checking the work consumer of {owner!r}"):
+                try:
+                    await self.js.consumer_info(work_stream(owner), work_consumer(flow))
+                    continue
+                except nats.js.errors.NotFoundError:
+                    log.warning("work consumer of %s/%s is gone; setting it up again", owner, flow)
             self._ready.discard((owner, flow))
             await self.ensure(owner, flow)
             repaired += 1
@@ -120,17 +116,13 @@ class WorkDispatcher:
         await self.ensure(created.owner, created.flow)
         if self.prepare is not None:
             await self.prepare(created)
-        try:
-            ack = await self._publish(created, base=base, msg_id=msg_id)
-        except nats.js.errors.NoStreamResponseError:
-            self._ready.discard((created.owner, created.flow))  # deleted under us: set up again
-            await self.ensure(created.owner, created.flow)
+        with nats_errors(f"work for task {created.task_id}"):
             try:
                 ack = await self._publish(created, base=base, msg_id=msg_id)
-            except TRANSIENT as exc:
-                raise unavailable(f"work for task {created.task_id}", exc) from exc
-        except TRANSIENT as exc:
-            raise unavailable(f"work for task {created.task_id}", exc) from exc
+            except nats.js.errors.NoStreamResponseError:
+                self._ready.discard((created.owner, created.flow))  # deleted under us: set up
+                await self.ensure(created.owner, created.flow)
+                ack = await self._publish(created, base=base, msg_id=msg_id)
         if ack is not None and ack.duplicate:
             log.debug("work %s was already sent", msg_id)
 
@@ -149,7 +141,5 @@ class WorkDispatcher:
 
     async def wake(self, owner: str, flow: str) -> None:
         """Best effort: a missed wake-up costs a worker one poll interval."""
-        try:
+        with best_effort(f"wake-up for {owner}/{flow}", log_to=log):
             await self.broker.publish(b"", wake_subject(token(owner), token(flow)))
-        except TRANSIENT as exc:
-            log.debug("wake-up for %s/%s not sent: %s", owner, flow, exc)

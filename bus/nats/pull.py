@@ -19,15 +19,17 @@ lost: the next ``pull`` returns it first.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from flowyard.bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.broker import TRANSIENT, best_effort, nats_errors, unavailable
+from flowyard.core.errors import Unavailable
 
 API_PREFIX = "$JS.API"
 TERMINAL = frozenset({"404", "408", "409"})
@@ -80,18 +82,22 @@ class Puller:
                 break
         return got
 
+    def gone(self, on_missing: Callable[[], None] | None = None) -> NoReturn:
+        """The consumer is gone (JetStream lost it): have it set up again; back off meanwhile."""
+        if on_missing is not None:
+            on_missing()
+        raise Unavailable(f"NATS: consumer {self.consumer} on {self.stream} is missing")
+
     async def close(self) -> None:
         if self._sub is not None:
-            with contextlib.suppress(*TRANSIENT):
+            with best_effort():
                 await self._sub.unsubscribe()
             self._sub = None
 
     async def _subscription(self) -> Subscription:
         if self._sub is None:
-            try:
+            with nats_errors(f"subscribe for {self.stream}/{self.consumer}"):
                 self._sub = await self.client.subscribe(f"{self._inbox}.*")
-            except TRANSIENT as exc:
-                raise unavailable(f"subscribe for {self.stream}/{self.consumer}", exc) from exc
         return self._sub
 
     async def _request(self, batch: int, wait: float) -> None:
@@ -102,10 +108,8 @@ class Puller:
             body["expires"] = int(wait * 1_000_000_000)
         else:
             body["no_wait"] = True
-        try:
+        with nats_errors(f"pull from {self.stream}/{self.consumer}"):
             await self.client.publish(self._subject, json.dumps(body).encode(), reply=reply)
-        except TRANSIENT as exc:
-            raise unavailable(f"pull from {self.stream}/{self.consumer}", exc) from exc
         self._active = reply
         self._remaining = batch
         self._deadline = time.monotonic() + wait + self.reply_timeout

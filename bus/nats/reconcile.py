@@ -43,15 +43,10 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from flowyard.bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.broker import best_effort, nats_errors
 from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
-from flowyard.bus.nats.streams import (
-    EVENTS_STREAM,
-    SERVER_CONSUMER,
-    work_consumer,
-    work_stream,
-    work_subject,
-)
+from flowyard.bus.nats.streams import EVENTS_STREAM, SERVER_CONSUMER, work_consumer, work_stream
+from flowyard.bus.nats.subjects import work_subject
 from flowyard.core.errors import FlowyardError, Unavailable
 from flowyard.core.events import Event, TaskCreated, TaskDone, TaskRequeued, utcnow
 from flowyard.core.task import Task
@@ -253,12 +248,9 @@ class Reconciler:
             log.error("task %s failed: %s", task.id, error)
 
     async def _delete(self, stream: str, seq: int) -> None:
-        try:
+        gone = contextlib.suppress(nats.js.errors.NotFoundError)  # taken, or already deleted
+        with nats_errors(f"deleting work message {stream}/{seq}"), gone:
             await self.js.delete_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            pass  # taken meanwhile, or already deleted
-        except TRANSIENT as exc:
-            raise unavailable(f"deleting work message {stream}/{seq}", exc) from exc
 
     async def _scan(self, owner: str, flow: str) -> _Subject | None:
         """The subject's messages and delivery state; None when it cannot be read this round."""
@@ -270,24 +262,21 @@ class Reconciler:
         except FlowyardError as exc:
             log.error("work stream of %s/%s: %s", owner, flow, exc.message)
             return None
-        try:
+        delivered = None
+        gone = contextlib.suppress(nats.js.errors.NotFoundError)
+        with nats_errors(f"consumer info of {stream}"), gone:
             info = await self.js.consumer_info(stream, work_consumer(flow))
             delivered = info.delivered.stream_seq if info.delivered is not None else None
-        except nats.js.errors.NotFoundError:
-            delivered = None
-        except TRANSIENT as exc:
-            raise unavailable(f"consumer info of {stream}", exc) from exc
         seqs = await self._task_ids_in(stream, subject)
         return None if seqs is None else _Subject(stream, seqs, delivered)
 
     async def _task_ids_in(self, stream: str, subject: str) -> dict[uuid.UUID, int] | None:
         """Task id to stream sequence of the work messages on ``subject``; None if too many."""
-        try:
-            info = await self.js.stream_info(stream, subjects_filter=subject)
-        except nats.js.errors.NotFoundError:
-            return {}
-        except TRANSIENT as exc:
-            raise unavailable(f"stream info of {stream}", exc) from exc
+        with nats_errors(f"stream info of {stream}"):
+            try:
+                info = await self.js.stream_info(stream, subjects_filter=subject)
+            except nats.js.errors.NotFoundError:
+                return {}
         count = (info.state.subjects or {}).get(subject, 0)
         if count > SCAN_CAP:
             log.info("%s holds %d messages; not scanned this round", subject, count)
@@ -295,12 +284,11 @@ class Reconciler:
         found: dict[uuid.UUID, int] = {}
         seq = 1
         for _ in range(count):
-            try:
-                raw = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                break
-            except TRANSIENT as exc:
-                raise unavailable(f"reading {stream}", exc) from exc
+            with nats_errors(f"reading {stream}"):
+                try:
+                    raw = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    break
             seq = raw.seq or seq
             with contextlib.suppress(ValidationError):
                 found[TaskCreated.model_validate_json(raw.data or b"").task_id] = seq
@@ -337,9 +325,10 @@ class Reconciler:
         return expired
 
     async def _caught_up(self) -> bool:
-        try:
+        info = None
+        with best_effort():  # not knowing is not caught up
             info = await self.js.consumer_info(EVENTS_STREAM, SERVER_CONSUMER)
-        except TRANSIENT:
+        if info is None:
             return False
         return (info.num_pending or 0) == 0 and (info.num_ack_pending or 0) < 1000
 

@@ -29,9 +29,11 @@ from typing import Protocol
 
 from faststream.nats import NatsBroker
 
-from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, nats_errors
 from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
-from flowyard.bus.nats.streams import EVENTS_STREAM, MSG_ID, ORIGIN, event_subject
+from flowyard.bus.nats.streams import EVENTS_STREAM, MSG_ID, ORIGIN
+from flowyard.bus.nats.subjects import event_subject
+from flowyard.core.backoff import Backoff
 from flowyard.core.errors import FlowyardError, Unavailable
 from flowyard.core.events import Event, TaskCreated, TaskRetried, utcnow
 from flowyard.core.task import Task, TaskState
@@ -79,7 +81,7 @@ class Outbox(Protocol):
 
 async def publish_event(broker: NatsBroker, item: Pending) -> None:
     """One stored event on FLOWYARD_EVENTS, deduplicated by its id; raises ``Unavailable``."""
-    try:
+    with nats_errors(f"publish of {item.type} {item.event_id}"):
         await broker.publish(
             item.body.encode(),
             event_subject(item.type, item.owner, item.flow),
@@ -91,8 +93,6 @@ async def publish_event(broker: NatsBroker, item: Pending) -> None:
             stream=EVENTS_STREAM,
             timeout=PUBLISH_TIMEOUT,
         )
-    except TRANSIENT as exc:
-        raise unavailable(f"publish of {item.type} {item.event_id}", exc) from exc
 
 
 class OutboxRelay:
@@ -126,19 +126,19 @@ class OutboxRelay:
         self._kick.set()
 
     async def run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff()
         while True:
             self._kick.clear()
             try:
                 moved = await self.relay_once()
             except Unavailable as exc:
-                if self.last_error != exc.message:
-                    log.warning("relay paused, retrying in %.1fs: %s", backoff, exc.message)
+                pause = backoff.failed()
+                if self.last_error != exc.message:  # one line per outage, not per retry
+                    log.warning("relay paused, retrying in %.1fs: %s", pause, exc.message)
                 self.last_error = exc.message
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(pause)
                 continue
-            backoff = 0.2
+            backoff.succeeded()
             if self.last_error is not None:
                 log.info("relay resumed")
                 self.last_error = None

@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
+from flowyard.core.backoff import Backoff
 from flowyard.core.errors import FlowyardError, Unavailable
 from flowyard.core.events import utcnow
 from flowyard.core.task import Task
@@ -103,16 +104,16 @@ class Scheduler:
         self._kick.set()
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(first=0.5)
         while True:
             self._kick.clear()
             try:
                 await self.once()
                 wait = await self._until_next()
-                backoff = 0.5
+                backoff.succeeded()
             except Unavailable as exc:
-                log.warning("scheduler paused, retrying in %.1fs: %s", backoff, exc.message)
-                wait, backoff = backoff, min(backoff * 2, 5.0)
+                wait = backoff.failed()  # a kick still ends the pause early
+                log.warning("scheduler paused, retrying in %.1fs: %s", wait, exc.message)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), wait)
 

@@ -1,4 +1,4 @@
-"""Stream, consumer and subject names, their configurations, and ``ensure_*`` to apply them.
+"""Stream and consumer names, their configurations, and ``ensure_*`` to apply them.
 
     FLOWYARD_EVENTS         flowyard.events.<kind>.<owner>.<flow>   limits: every task event
     FLOWYARD_WORK_<owner>   flowyard.work.<owner>.<flow>            work queue: one per owner
@@ -36,20 +36,23 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from flowyard.bus.nats.subjects import (
+    EVENTS_SUBJECTS,
+    PREFIX,
+    name_token,
+    token,
+    work_subject,
+    worker_event_filters,
+)
 from flowyard.core.errors import ConfigError
-from flowyard.core.events import name_token, token
 
 log = logging.getLogger(__name__)
 
-PREFIX = "flowyard"
 EVENTS_STREAM = "FLOWYARD_EVENTS"
-EVENTS_SUBJECTS = f"{PREFIX}.events.>"
 WORK_STREAM_PREFIX = "FLOWYARD_WORK_"
 ADVISORY_STREAM = "FLOWYARD_ADVISORIES"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 SERVER_CONSUMER = "flowyard_server"
-WORKER_EVENT_KINDS = ("claimed", "progress", "done", "requeued")
-"""The event kinds NATS workers publish and the server folds into the task table."""
 
 DUPLICATE_WINDOW = 120.0
 """Seconds JetStream remembers a ``Nats-Msg-Id`` (the relay retries well within it)."""
@@ -61,50 +64,6 @@ WORKER = "Flowyard-Worker"
 """Header on worker events: who published it (results must come from the attempt's holder)."""
 ORIGIN = "Flowyard-Origin"
 """Header on relayed server events, so the server's own consumer skips them cheaply."""
-
-
-# ---------------------------------------------------------------------------- subjects
-
-
-def event_subject(event_type: str, owner: str, flow: str) -> str:
-    """``core.events.subject_for`` from an event's stored columns (no parsing)."""
-    return f"{PREFIX}.events.{event_type.split('.', 1)[1]}.{token(owner)}.{token(flow)}"
-
-
-def work_subject(owner: str, flow: str) -> str:
-    return f"{PREFIX}.work.{token(owner)}.{token(flow)}"
-
-
-def wake_subject(owner_token: str, flow_token: str) -> str:
-    """Core NATS (not stored): sent after work was stored, so idle workers pull at once."""
-    return f"{PREFIX}.wake.{owner_token}.{flow_token}"
-
-
-def owner_filter(owner: str | None) -> str:
-    """The owner token a worker listens on: its owner's, or every owner's for an admin."""
-    return "*" if owner is None else token(owner)
-
-
-def cancel_subject(owner: str | None, flow: str) -> str:
-    return f"{PREFIX}.events.cancel_requested.{owner_filter(owner)}.{token(flow)}"
-
-
-def lease_subject(owner: str, flow: str) -> str:
-    """Request-reply: a worker's heartbeat asks the server about its attempt."""
-    return f"{PREFIX}.rpc.lease.{token(owner)}.{token(flow)}"
-
-
-def workers_subject(owner: str | None) -> str:
-    """Worker presence, so ``GET /api/workers`` lists NATS workers too."""
-    return f"{PREFIX}.workers.{'_all' if owner is None else token(owner)}"
-
-
-def worker_event_filters() -> list[str]:
-    return [f"{PREFIX}.events.{kind}.>" for kind in WORKER_EVENT_KINDS]
-
-
-def subject_tokens(subject: str) -> list[str]:
-    return subject.split(".")
 
 
 # ------------------------------------------------------------------- streams, consumers
@@ -323,14 +282,6 @@ async def ensure_consumer(js: JetStreamContext, stream: str, desired: ConsumerCo
 
 def _evolve(config: StreamConfig, **changes: Any) -> StreamConfig:
     return config.evolve(**changes)
-
-
-def split_work_subject(subject: str) -> tuple[str, str] | None:
-    """``(owner token, flow token)`` of a work or wake subject; None for anything else."""
-    parts = subject_tokens(subject)
-    if len(parts) == 4 and parts[0] == PREFIX and parts[1] in ("work", "wake"):
-        return parts[2], parts[3]
-    return None
 
 
 def owned_streams(names: Iterable[str]) -> list[str]:

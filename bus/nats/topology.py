@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from flowyard.bus.nats.broker import TRANSIENT, unavailable
+from flowyard.bus.nats.broker import nats_errors
 from flowyard.bus.nats.dispatch import WorkDispatcher
 from flowyard.bus.nats.streams import (
     ADVISORY_STREAM,
@@ -67,13 +67,11 @@ class Topology:
 
     async def ensure(self) -> bool:
         """Create what is missing; True when the events stream was lost and re-created."""
-        try:
+        with nats_errors("setting up streams"):
             created = await ensure_stream(self.js, self.events)
             created |= await ensure_stream(self.js, advisory_stream_config())
             await ensure_consumer(self.js, EVENTS_STREAM, server_consumer_config())
             await ensure_consumer(self.js, ADVISORY_STREAM, advisory_consumer_config())
-        except TRANSIENT as exc:
-            raise unavailable("setting up streams", exc) from exc
         lost = created and self._set_up
         self._set_up = True
         if lost:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 import uuid
@@ -38,23 +37,22 @@ from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, unavailable
-from flowyard.bus.nats.pull import Puller
-from flowyard.bus.nats.streams import (
-    ATTEMPT_BASE,
-    EVENTS_STREAM,
-    MSG_ID,
-    PREFIX,
-    WORK_STREAM_PREFIX,
-    WORKER,
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, TRANSIENT, best_effort, nats_errors
+from flowyard.bus.nats.streams import ATTEMPT_BASE, EVENTS_STREAM, MSG_ID, WORKER
+from flowyard.bus.nats.subjects import (
     cancel_subject,
     lease_subject,
     owner_filter,
     split_work_subject,
+    subject_for,
+    token,
+    wake_subject,
     workers_subject,
 )
+from flowyard.bus.nats.work_bindings import WorkBindings
+from flowyard.bus.nats.worker_protocol import LeaseReply, LeaseRequest, WorkerPresence
 from flowyard.core.errors import LeaseLost, Unavailable
 from flowyard.core.events import (
     Event,
@@ -64,58 +62,16 @@ from flowyard.core.events import (
     TaskDone,
     TaskProgress,
     TaskRequeued,
-    name_token,
-    subject_for,
-    token,
     utcnow,
 )
 from flowyard.core.ports import Heartbeat, WorkerIdentity
-from flowyard.core.task import Task, TaskState
+from flowyard.core.task import Task, TaskState, event_for
 
 log = logging.getLogger(__name__)
 
 CancelHook = Callable[[uuid.UUID], None]
-
-
-class LeaseRequest(BaseModel):
-    """A NATS worker's heartbeat, asked of the server on ``flowyard.rpc.lease.<owner>.<flow>``."""
-
-    task_id: uuid.UUID
-    flow: str
-    owner: str
-    attempt: int
-    worker_id: str
-    lease_seconds: float
-
-
-class LeaseReply(BaseModel):
-    lost: bool = False
-    drop: bool = False
-    cancel: bool = False
-    reason: str = ""
-
-
-class WorkerPresence(BaseModel):
-    """Sent on ``flowyard.workers.<owner>`` at start and every heartbeat period."""
-
-    id: str
-    name: str
-    host: str
-    flows: tuple[str, ...]
-    concurrency: int
-    owner: str | None = None
-    transport: str = "nats"
-    resources: dict[str, str | int | None] = Field(default_factory=dict)
-
-
-@dataclass
-class _Binding:
-    """One durable consumer this worker pulls from."""
-
-    stream: str
-    consumer: str
-    puller: Puller
-    maybe_work: bool = True
+NO_ANSWER: tuple[type[BaseException], ...] = (*TRANSIENT, ValidationError)
+"""A heartbeat the server did not (or could not) answer: JetStream still holds the lease."""
 
 
 @dataclass
@@ -158,15 +114,10 @@ class NatsWorkQueue:
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.rpc_timeout = rpc_timeout
-        self.discover_every = discover_every
-        self._client: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._bindings: dict[tuple[str, str], _Binding] = {}
-        self._rotation = itertools.count()
+        self.bindings = WorkBindings(identity, discover_every=discover_every)
         self._held: dict[uuid.UUID, _Held] = {}
         self._cancels = _Cancels()
         self._wake = asyncio.Event()
-        self._discovered_at = 0.0
         self._keeper: asyncio.Task[None] | None = None
         self.on_cancel: CancelHook | None = None
         self._subscribe()
@@ -181,7 +132,7 @@ class NatsWorkQueue:
                 cancel_subject(owner, flow), title=f"cancel:{flow}", include_in_schema=False
             )(self._on_cancel)
             self.broker.subscriber(
-                f"{PREFIX}.wake.{owner_filter(owner)}.{token(flow)}",
+                wake_subject(owner_filter(owner), token(flow)),
                 title=f"wake:{flow}",
                 include_in_schema=False,
             )(self._on_wake)
@@ -193,79 +144,31 @@ class NatsWorkQueue:
 
     async def _on_wake(self, message: NatsMessage) -> None:
         pair = split_work_subject(message.raw_message.subject)
-        if pair is not None and self._client is not None:
-            self._bind(*pair).maybe_work = True
+        if pair is not None and self.bindings.started:
+            self.bindings.bind(*pair).maybe_work = True
         self._wake.set()
 
     async def start(self, client: Client, js: JetStreamContext) -> None:
         """Called once connected: bind the consumers we know of."""
-        self._client, self._js = client, js
         self._keeper = asyncio.create_task(self._keep_alive(), name="nats-keepalive")
-        if self.identity.owner is not None:
-            for flow in self.identity.flows:
-                self._bind(token(self.identity.owner), token(flow))
-        else:
-            await self._discover()
-
-    def _bind(self, owner_token: str, flow_token: str) -> _Binding:
-        key = (owner_token, flow_token)
-        binding = self._bindings.get(key)
-        if binding is None:
-            assert self._client is not None, "start() first"
-            stream = f"{WORK_STREAM_PREFIX}{name_token(owner_token)}"
-            consumer = name_token(flow_token)
-            binding = _Binding(stream, consumer, Puller(self._client, stream, consumer))
-            self._bindings[key] = binding
-        return binding
-
-    async def _discover(self) -> None:
-        """An admin's worker: find every owner's work stream that holds messages."""
-        if self._js is None:
-            return
-        self._discovered_at = time.monotonic()
-        flows = {token(f) for f in self.identity.flows}
-        try:
-            infos = await self._js.streams_info()
-        except TRANSIENT as exc:
-            log.debug("stream discovery failed: %s", exc)
-            return
-        for info in infos:
-            if not (info.config.name or "").startswith(WORK_STREAM_PREFIX):
-                continue
-            for subject in info.config.subjects or ():
-                parts = subject.split(".")
-                if len(parts) != 4 or parts[:2] != [PREFIX, "work"]:
-                    continue
-                for flow in flows:
-                    binding = self._bind(parts[2], flow)
-                    binding.maybe_work = binding.maybe_work or info.state.messages > 0
+        await self.bindings.start(client, js)
 
     # ------------------------------------------------------------------------- port
 
     async def register(self, worker: WorkerIdentity) -> None:
         presence = WorkerPresence(**{k: v for k, v in asdict(worker).items() if k != "transport"})
-        try:
+        with nats_errors("worker announcement"):
             await self.broker.publish(
                 presence.model_dump_json().encode(), workers_subject(worker.owner)
             )
-        except TRANSIENT as exc:
-            raise unavailable("worker announcement", exc) from exc
 
     async def claim(self, worker: WorkerIdentity, limit: int) -> Sequence[Task]:
         if limit <= 0 or not worker.flows:
             return []
         self._wake.clear()
-        stale = time.monotonic() - self._discovered_at > self.discover_every
-        if self.identity.owner is None and stale:
-            await self._discover()
-        wanted = {token(flow) for flow in worker.flows}  # a batch top-up asks for one flow
-        bindings = [b for (_, flow), b in self._bindings.items() if b.maybe_work and flow in wanted]
-        if bindings:
-            start = next(self._rotation) % len(bindings)
-            bindings = bindings[start:] + bindings[:start]
         fetched: list[Msg] = []
         try:
-            for binding in bindings:
+            for binding in await self.bindings.candidates(worker.flows):
                 want = limit - len(fetched)
                 if want <= 0:
                     break
@@ -276,7 +179,7 @@ class NatsWorkQueue:
             if not fetched:
                 raise
         for extra in fetched[limit:]:  # late deliveries on top of what we asked: give back
-            with contextlib.suppress(*TRANSIENT):
+            with best_effort():
                 await extra.nak()
         # claims are published concurrently: one PubAck round trip for the whole batch
         accepted = await asyncio.gather(
@@ -293,7 +196,7 @@ class NatsWorkQueue:
             created = TaskCreated.model_validate_json(msg.data)
         except ValidationError as exc:
             log.error("dropping a work message that is not a task: %s", exc)
-            with contextlib.suppress(*TRANSIENT):
+            with best_effort():
                 await msg.term()
             return None
         headers = msg.headers or {}
@@ -317,19 +220,11 @@ class NatsWorkQueue:
             claimed_at=now,
             updated_at=now,
         )
-        claim = TaskClaimed(
-            task_id=task.id,
-            flow=task.flow,
-            owner=task.owner,
-            attempt=attempt,
-            at=now,
-            worker_id=worker.id,
-            lease_expires_at=lease,
-        )
+        claim = event_for(task, TaskClaimed, at=now, worker_id=worker.id, lease_expires_at=lease)
         try:
             await self._publish(claim, worker)
         except Unavailable:
-            with contextlib.suppress(*TRANSIENT):
+            with best_effort():
                 await msg.nak()
             raise
         self._held[task.id] = _Held(msg, task, worker)
@@ -341,8 +236,7 @@ class NatsWorkQueue:
         try:
             await asyncio.wait_for(self._wake.wait(), max_wait)
         except TimeoutError:
-            for binding in self._bindings.values():  # redeliveries send no wake-up: sweep
-                binding.maybe_work = True
+            self.bindings.sweep()
 
     async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
         held = self._held.get(task.id)
@@ -352,7 +246,7 @@ class NatsWorkQueue:
         if held.lost is not None:
             self._held.pop(task.id, None)
             if held.lost.drop:
-                with contextlib.suppress(*TRANSIENT):
+                with best_effort():
                     await held.msg.ack()
             raise LeaseLost(held.lost.reason or f"task {task.id} attempt {task.attempt} is lost")
         return Heartbeat(cancel_requested=held.cancel or task.id in self._cancels)
@@ -360,10 +254,8 @@ class NatsWorkQueue:
     async def _beat(self, held: _Held) -> None:
         """+WPI (JetStream's lease), then ask the server (the database's lease, cancel, lost)."""
         held.beat_at = time.monotonic()
-        try:
+        with nats_errors(f"in-progress ack of task {held.task.id}"):
             await held.msg.in_progress()
-        except TRANSIENT as exc:
-            raise unavailable(f"in-progress ack of task {held.task.id}", exc) from exc
         reply = await self._ask_lease(held.worker, held.task)
         if reply is None:
             return  # the server is away: JetStream still holds the lease
@@ -404,7 +296,7 @@ class NatsWorkQueue:
                 timeout=self.rpc_timeout,
             )
             return LeaseReply.model_validate_json(answer.body)
-        except (*TRANSIENT, ValidationError) as exc:
+        except NO_ANSWER as exc:  # no answer is not an error: see above
             log.debug("no lease answer for %s: %s", task.id, exc)
             return None
 
@@ -420,21 +312,17 @@ class NatsWorkQueue:
         if isinstance(event, TaskDone | TaskRequeued):
             held = self._held.pop(event.task_id, None)
             if held is not None:
-                try:
+                # redelivered later if this fails, and refused then: the task is done
+                with best_effort(f"ack of task {event.task_id}", log_to=log, level=logging.WARNING):
                     await held.msg.ack()
-                except TRANSIENT as exc:  # redelivered later, and refused: the task is done
-                    log.warning("ack of task %s failed: %s", event.task_id, exc)
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         held = self._held.pop(task.id, None)
         if held is None:
             return
-        event = TaskRequeued(
-            task_id=task.id, flow=task.flow, owner=task.owner, attempt=task.attempt, reason=reason
-        )
         with contextlib.suppress(Unavailable):
-            await self._publish(event, worker)
-        with contextlib.suppress(*TRANSIENT):
+            await self._publish(event_for(task, TaskRequeued, reason=reason), worker)
+        with best_effort():
             await held.msg.nak()
 
     async def abandon(self, task: Task, reason: str) -> None:
@@ -448,8 +336,7 @@ class NatsWorkQueue:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
-        for binding in self._bindings.values():
-            await binding.puller.close()
+        await self.bindings.close()
 
     async def _publish(self, event: Event, worker: WorkerIdentity, *, wait: bool = True) -> None:
         """On FLOWYARD_EVENTS; ``wait=False`` skips the PubAck (the stream still stores it,
@@ -459,7 +346,7 @@ class NatsWorkQueue:
             WORKER: worker.id,
             "content-type": "application/json",
         }
-        try:
+        with nats_errors(f"publish of {event.type} for task {event.task_id}"):
             await self.broker.publish(
                 event.to_json().encode(),
                 subject_for(event),
@@ -467,8 +354,6 @@ class NatsWorkQueue:
                 stream=EVENTS_STREAM if wait else None,
                 timeout=PUBLISH_TIMEOUT,
             )
-        except TRANSIENT as exc:
-            raise unavailable(f"publish of {event.type} for task {event.task_id}", exc) from exc
 
     @property
     def held(self) -> int:

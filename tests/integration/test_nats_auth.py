@@ -37,7 +37,8 @@ from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.engine import make_engine, upgrade
 from flowyard.adapters.sql.user_store import SqlUserStore
 from flowyard.bus.nats.streams import work_stream
-from flowyard.core.events import TaskDone, subject_for
+from flowyard.bus.nats.subjects import subject_for
+from flowyard.core.events import TaskDone
 from flowyard.core.identity import Role
 from tests.support.nats import NatsServer
 from tests.support.nats_processes import start_nats_server, start_nats_worker, wait_worker_ready
@@ -100,7 +101,7 @@ def create_users(db_uri: str) -> None:
 def auth_config(db_uri: str) -> str:
     """``flowyard nats auth-config``'s stdout (the server password piped in)."""
     result = subprocess.run(
-        [*flowyard_command(), "nats", "auth-config", "--db", db_uri, "--server-password-stdin"],
+        [*flowyard_command(), "nats", "auth-config", "--db", db_uri, "--password-stdin"],
         input=SERVER_PASSWORD + "\n",
         capture_output=True,
         text=True,

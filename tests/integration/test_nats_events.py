@@ -25,12 +25,12 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from flowyard.bus.nats.streams import EVENTS_STREAM, MSG_ID, WORKER, work_stream
+from flowyard.bus.nats.subjects import subject_for
 from flowyard.core.events import (
     Event,
     TaskClaimed,
     TaskDone,
     TaskProgress,
-    subject_for,
     utcnow,
 )
 from tests.support.nats import NatsServer

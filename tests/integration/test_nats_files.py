@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from flowyard.adapters.nats_object_store import NatsFileTransfer, NatsTaskFiles, bucket_name
+from flowyard.bus.nats.object_store import NatsFileTransfer, NatsTaskFiles, bucket_name
 from flowyard.core.errors import InvalidInput
 from flowyard.core.events import FileRef, TaskCreated, TaskDone
 from flowyard.core.task import Task, TaskState

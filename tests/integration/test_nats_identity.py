@@ -45,13 +45,13 @@ def test_an_admins_worker_serves_every_owner_and_a_user_may_not_serve_another(
     flowyard_processes: ProcessGroup,
 ) -> None:
     stack = start_stack(nats_server_factory, pg_uri, tmp_path, flowyard_processes)
-    # alice asks for bob's tasks (the old --password flag still works)
+    # alice asks for bob's tasks (--nats-password, shown in ps, still works)
     intruder = start_worker(
         stack,
         flowyard_processes,
         tmp_path,
         "alice-as-bob",
-        extra=["--user", "alice", "--password", PASSWORDS["alice"], "--owner", "bob"],
+        extra=["--nats-user", "alice", "--nats-password", PASSWORDS["alice"], "--owner", "bob"],
     )
     admin = start_worker(
         stack,

@@ -31,6 +31,7 @@ from flowyard.adapters.sql.engine import make_engine, upgrade
 from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.adapters.webhook_sender import verify
+from flowyard.bus.nats.subjects import subject_for
 from flowyard.core.events import (
     Event,
     FileRef,
@@ -40,7 +41,6 @@ from flowyard.core.events import (
     TaskDone,
     TaskProgress,
     TaskRequeued,
-    subject_for,
     utcnow,
 )
 from flowyard.core.replay import EventFilter

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from flowyard.bus.nats.subjects import subject_for
 from flowyard.core.events import (
     EVENT_TYPES,
     TaskClaimed,
@@ -16,7 +17,6 @@ from flowyard.core.events import (
     TaskDone,
     TaskProgress,
     parse_event,
-    subject_for,
 )
 
 TASK = uuid.UUID("00000000-0000-4000-8000-000000000001")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from flowyard.adapters.nats_object_store import bucket_name
 from flowyard.bus.nats.auth_config import (
     WHOAMI_SUBJECTS,
     admin_permissions,
@@ -26,12 +25,13 @@ from flowyard.bus.nats.auth_config import (
     whoami_login,
     whoami_subject,
 )
-from flowyard.bus.nats.streams import (
+from flowyard.bus.nats.object_store import bucket_name
+from flowyard.bus.nats.streams import work_stream
+from flowyard.bus.nats.subjects import (
     cancel_subject,
     event_subject,
     lease_subject,
     wake_subject,
-    work_stream,
     workers_subject,
 )
 from flowyard.core.errors import ConfigError

@@ -10,24 +10,29 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from flowyard.bus.nats.broker import NatsAuth, check_url
-from flowyard.bus.nats.server_consumer import check_subject
 from flowyard.bus.nats.streams import (
-    cancel_subject,
     consumer_differences,
-    event_subject,
     events_stream_config,
-    lease_subject,
     server_consumer_config,
-    split_work_subject,
     stream_differences,
-    wake_subject,
     work_consumer,
     work_consumer_config,
     work_stream,
     work_stream_config,
+)
+from flowyard.bus.nats.subjects import (
+    cancel_subject,
+    event_subject,
+    lease_subject,
+    name_token,
+    split_work_subject,
+    subject_for,
+    wake_subject,
     work_subject,
     workers_subject,
 )
+from flowyard.bus.nats.worker_events import check_subject
+from flowyard.bus.nats.worker_protocol import NATS_LEASES
 from flowyard.core.errors import ConfigError
 from flowyard.core.events import (
     Event,
@@ -37,10 +42,8 @@ from flowyard.core.events import (
     TaskDone,
     TaskProgress,
     TaskRequeued,
-    name_token,
-    subject_for,
 )
-from flowyard.core.redelivery import REDELIVERED, UNREPORTED_WORKER, catch_up
+from flowyard.core.redelivery import catch_up
 from flowyard.core.task import Task, TaskState, apply
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -215,29 +218,31 @@ def _done(attempt: int) -> TaskDone:
 
 
 def test_a_claim_for_the_next_attempt_needs_nothing() -> None:
-    assert catch_up(_task(), _claim(1), NOW) == []
-    assert catch_up(_task(TaskState.running, 1), _done(1), NOW) == []
+    assert catch_up(_task(), _claim(1), NOW, NATS_LEASES) == []
+    assert catch_up(_task(TaskState.running, 1), _done(1), NOW, NATS_LEASES) == []
 
 
 def test_a_redelivery_requeues_the_attempt_it_replaces() -> None:
     task = _task(TaskState.running, 1)
-    (step,) = catch_up(task, _claim(2), NOW)
+    (step,) = catch_up(task, _claim(2), NOW, NATS_LEASES)
     assert isinstance(step, TaskRequeued)
     assert step.attempt == 1
-    assert REDELIVERED in step.reason
+    assert NATS_LEASES.redelivered in step.reason
     after = apply(apply(task, step), _claim(2))
     assert (after.state, after.attempt, after.worker_id) == (TaskState.running, 2, "nats:h/w2")
 
 
 def test_unreported_deliveries_are_filled_in() -> None:
-    steps = catch_up(_task(), _claim(3), NOW)
+    steps = catch_up(_task(), _claim(3), NOW, NATS_LEASES)
     assert [(s.type, s.attempt) for s in steps] == [
         ("task.claimed", 1),
         ("task.requeued", 1),
         ("task.claimed", 2),
         ("task.requeued", 2),
     ]
-    assert all(s.worker_id == UNREPORTED_WORKER for s in steps if isinstance(s, TaskClaimed))
+    assert all(
+        s.worker_id == NATS_LEASES.unreported_worker for s in steps if isinstance(s, TaskClaimed)
+    )
     task = _task()
     for step in [*steps, _claim(3)]:
         task = apply(task, step)
@@ -245,29 +250,29 @@ def test_unreported_deliveries_are_filled_in() -> None:
 
 
 def test_a_result_that_overtook_its_claim_gets_a_stand_in_claim() -> None:
-    (step,) = catch_up(_task(), _done(1), NOW)
+    (step,) = catch_up(_task(), _done(1), NOW, NATS_LEASES)
     assert isinstance(step, TaskClaimed)
-    assert step.worker_id == UNREPORTED_WORKER
+    assert step.worker_id == NATS_LEASES.unreported_worker
     assert apply(apply(_task(), step), _done(1)).state is TaskState.succeeded
     # a result that names its worker: the stand-in claim is that worker's, as apply requires
     signed = _done(1).model_copy(update={"worker_id": "nats:h/w2"})
-    (step,) = catch_up(_task(), signed, NOW)
+    (step,) = catch_up(_task(), signed, NOW, NATS_LEASES)
     assert isinstance(step, TaskClaimed)
     assert step.worker_id == "nats:h/w2"
     assert apply(apply(_task(), step), signed).state is TaskState.succeeded
 
 
 def test_a_redelivery_past_the_last_attempt_fails_the_task() -> None:
-    (step,) = catch_up(_task(TaskState.running, 3, max_attempts=3), _claim(4), NOW)
+    (step,) = catch_up(_task(TaskState.running, 3, max_attempts=3), _claim(4), NOW, NATS_LEASES)
     assert isinstance(step, TaskDone)
     assert step.status == "failed"
 
 
 def test_nothing_catches_up_a_finished_task_or_a_progress_report() -> None:
     finished = apply(_task(TaskState.running, 1), _done(1))
-    assert catch_up(finished, _claim(2), NOW) == []
+    assert catch_up(finished, _claim(2), NOW, NATS_LEASES) == []
     progress = TaskProgress(task_id=TASK, flow="debug.sleep", owner="admin", attempt=2, progress=1)
-    assert catch_up(_task(TaskState.running, 1), progress, NOW) == []
+    assert catch_up(_task(TaskState.running, 1), progress, NOW, NATS_LEASES) == []
 
 
 # -------------------------------------------------------------------------------- auth

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -27,14 +28,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from nats.js.object_store import ObjectStore
 
+from flowyard.bus.nats.broker import best_effort, nats_errors
+from flowyard.bus.nats.subjects import name_token
+from flowyard.core.backoff import Backoff
 from flowyard.core.errors import FlowFailed, InvalidInput, LeaseLost, Unavailable
-from flowyard.core.events import FileRef, TaskCreated, TaskDone, name_token
+from flowyard.core.events import FileRef, TaskCreated, TaskDone
 from flowyard.core.files import guess_media_type, safe_file_name
 from flowyard.core.ports import AttemptFiles
 from flowyard.core.task import Task
@@ -42,8 +45,6 @@ from flowyard.core.task import Task
 log = logging.getLogger(__name__)
 
 BUCKET_PREFIX = "flowyard_files_"
-TRANSIENT = (nats.errors.Error, OSError, asyncio.TimeoutError)
-"""What a NATS outage looks like to the client (a permission violation too: it times out)."""
 
 Abandon = Callable[[Task, str], Awaitable[None]]
 
@@ -58,11 +59,6 @@ def object_name(task_id: uuid.UUID, path: str) -> str:
 
 def output_path(attempt: int, name: str) -> str:
     return f"attempts/{attempt}/outputs/{name}"
-
-
-def _unavailable(what: str, exc: BaseException) -> Unavailable:
-    reason = str(exc).strip() or type(exc).__name__
-    return Unavailable(f"NATS object store: {what} failed: {reason}")
 
 
 class _Buckets:
@@ -120,7 +116,7 @@ class NatsTaskFiles:
         try:
             for ref in task.inputs:
                 path = root / "inputs" / safe_file_name(ref.name)
-                await self._retrying(lambda p=path, r=ref: self._download(task, r, p), task)
+                await self._retrying(functools.partial(self._download, task, ref, path), task)
                 files.inputs[ref.input or ref.name] = path
         except BaseException:
             await self._remove(root)
@@ -128,17 +124,16 @@ class NatsTaskFiles:
         return files
 
     async def _download(self, task: Task, ref: FileRef, path: Path) -> None:
-        try:
-            store = await self.buckets.get(task.owner)
-            with path.open("wb") as out:
-                await store.get(object_name(task.id, ref.path), writeinto=out)
-        except nats.js.errors.NotFoundError:
-            raise FlowFailed(
-                f"input {ref.name!r} of task {task.id} is missing from the object store "
-                f"(bucket {bucket_name(task.owner)})"
-            ) from None
-        except TRANSIENT as exc:
-            raise _unavailable(f"download of input {ref.name!r}", exc) from exc
+        with nats_errors(f"object store download of input {ref.name!r}"):
+            try:
+                store = await self.buckets.get(task.owner)
+                with path.open("wb") as out:
+                    await store.get(object_name(task.id, ref.path), writeinto=out)
+            except nats.js.errors.NotFoundError:
+                raise FlowFailed(
+                    f"input {ref.name!r} of task {task.id} is missing from the object store "
+                    f"(bucket {bucket_name(task.owner)})"
+                ) from None
 
     async def close_attempt(self, task: Task, files: AttemptFiles) -> tuple[FileRef, ...]:
         root = files.outputs.parent
@@ -153,19 +148,17 @@ class NatsTaskFiles:
                     media_type=guess_media_type(name),
                 )
                 path = files.outputs / name
-                await self._retrying(lambda p=path, r=ref: self._upload(task, r, p), task)
+                await self._retrying(functools.partial(self._upload, task, ref, path), task)
                 refs.append(ref)
             return tuple(refs)
         finally:
             await self._remove(root)
 
     async def _upload(self, task: Task, ref: FileRef, path: Path) -> None:
-        try:
+        with nats_errors(f"object store upload of output {ref.name!r}"):
             store = await self.buckets.get(task.owner)
             with path.open("rb") as data:
                 await store.put(object_name(task.id, ref.path), data)
-        except TRANSIENT as exc:
-            raise _unavailable(f"upload of output {ref.name!r}", exc) from exc
 
     async def discard_attempt(self, task: Task, files: AttemptFiles) -> None:
         await self._remove(files.outputs.parent)
@@ -183,19 +176,19 @@ class NatsTaskFiles:
         """Ride out a short NATS outage; then give the attempt back for another worker."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_seconds
-        backoff = 0.2
+        backoff = Backoff()
         while True:
             try:
                 await call()
                 return
             except Unavailable as exc:
-                if loop.time() + backoff > deadline:
+                if loop.time() + backoff.current > deadline:
                     if self.abandon is not None:
                         await self.abandon(task, exc.message)
                     raise LeaseLost(f"task {task.id}: {exc.message}; giving it back") from exc
-                log.warning("%s; retrying in %.1fs", exc.message, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                pause = backoff.failed()
+                log.warning("%s; retrying in %.1fs", exc.message, pause)
+                await asyncio.sleep(pause)
 
 
 def _attempt_folder(task: Task, temp_root: Path | None) -> Path:
@@ -226,14 +219,12 @@ class NatsFileTransfer:
         self.buckets.forget()
 
     async def ensure_bucket(self, owner: str) -> None:
-        try:
+        with nats_errors(f"object store bucket for {owner!r}"):
             await self.buckets.get(owner)
-        except TRANSIENT as exc:
-            raise _unavailable(f"bucket for {owner!r}", exc) from exc
 
     async def upload_inputs(self, created: TaskCreated) -> None:
         folder = self.tasks_dir / str(created.task_id)
-        try:
+        with nats_errors(f"object store upload of the inputs of task {created.task_id}"):
             store = await self.buckets.get(created.owner)
             for ref in created.inputs:
                 path = folder / ref.path
@@ -242,8 +233,6 @@ class NatsFileTransfer:
                     continue
                 with path.open("rb") as data:
                     await store.put(object_name(created.task_id, ref.path), data)
-        except TRANSIENT as exc:
-            raise _unavailable(f"upload of the inputs of task {created.task_id}", exc) from exc
 
     def check_outputs(self, done: TaskDone) -> None:
         """Refuse output paths a worker could use to write outside its attempt's folder."""
@@ -262,33 +251,34 @@ class NatsFileTransfer:
         if not done.outputs:
             return
         folder = self.tasks_dir / str(done.task_id)
+        with nats_errors(f"object store download of the outputs of task {done.task_id}"):
+            try:
+                store = await self.buckets.get(done.owner)
+                for ref in done.outputs:
+                    await self._download_output(store, done, folder / ref.path, ref.path)
+            except nats.js.errors.NotFoundError:
+                raise FlowFailed(
+                    f"the outputs of task {done.task_id} attempt {done.attempt} are missing "
+                    "from the object store"
+                ) from None
+
+    async def _download_output(
+        self, store: ObjectStore, done: TaskDone, target: Path, path: str
+    ) -> None:
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
         try:
-            store = await self.buckets.get(done.owner)
-            for ref in done.outputs:
-                target = folder / ref.path
-                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-                partial = target.with_name(f".{target.name}.part")
-                try:
-                    with partial.open("wb") as out:
-                        await store.get(object_name(done.task_id, ref.path), writeinto=out)
-                    await asyncio.to_thread(os.replace, partial, target)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        partial.unlink()
-        except nats.js.errors.NotFoundError:
-            raise FlowFailed(
-                f"the outputs of task {done.task_id} attempt {done.attempt} are missing from "
-                "the object store"
-            ) from None
-        except TRANSIENT as exc:
-            raise _unavailable(f"download of the outputs of task {done.task_id}", exc) from exc
+            with partial.open("wb") as out:
+                await store.get(object_name(done.task_id, path), writeinto=out)
+            await asyncio.to_thread(os.replace, partial, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
 
     async def delete_objects(self, owner: str, task_id: uuid.UUID, paths: list[str]) -> None:
         """Best effort: the server keeps its own copy, and a leftover object is only space."""
-        try:
+        with best_effort(f"deleting the objects of task {task_id}", log_to=log, level=logging.INFO):
             store = await self.buckets.get(owner)
             for path in paths:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await store.delete(object_name(task_id, path))
-        except TRANSIENT as exc:
-            log.info("objects of task %s not deleted: %s", task_id, exc)
