@@ -5,7 +5,8 @@ What the dispatcher does after an attempt is decided here, without I/O:
 anything else retries), ``retry_delay`` is exponential backoff with full jitter,
 ``after_failure`` says whether to retry, give up or disable. The body a
 subscriber receives is built once, when the delivery row is created, by
-``delivery_body``: the event JSON, with download URLs for ``task.done`` outputs.
+``delivery_body``: the event JSON, with download URLs for ``task.done`` outputs
+(built by a function the caller passes: the domain knows no HTTP routes).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
 
 from flowyard.core.errors import InvalidInput
-from flowyard.core.events import EVENT_TYPES, Event, TaskDone
+from flowyard.core.events import EVENT_TYPES, Event, FileRef, TaskDone
 
 DEFAULT_EVENTS: tuple[str, ...] = ("task.done",)
 RETRY_CAP_SECONDS = 3600.0
@@ -167,23 +167,23 @@ def should_disable(
     return gave_up or now - failing_since >= policy.retry_for
 
 
-def output_url(task_id: uuid.UUID, name: str, public_url: str | None) -> str:
-    """Where the API serves an output: absolute when the server's public URL is known."""
-    path = f"/api/tasks/{task_id}/outputs/{quote(name)}"
-    return f"{public_url.rstrip('/')}{path}" if public_url else path
+OutputUrl = Callable[[uuid.UUID, str], str]
+"""Where the server serves output ``name`` of a task; the services side owns the routes."""
 
 
-def delivery_body(event: Event, public_url: str | None = None) -> str:
-    """The JSON a subscriber receives: the event, with download URLs for a result's outputs."""
+def delivery_body(event: Event, output_url: OutputUrl | None = None) -> str:
+    """The JSON a subscriber receives: the event, with download URLs for a result's outputs.
+
+    Without ``output_url`` the outputs are listed without URLs.
+    """
     data: dict[str, Any] = event.model_dump(mode="json")
     if isinstance(event, TaskDone):
-        data["outputs"] = [
-            {
-                "name": ref.name,
-                "size": ref.size,
-                "media_type": ref.media_type,
-                "url": output_url(event.task_id, ref.name, public_url),
-            }
-            for ref in event.outputs
-        ]
+        data["outputs"] = [_output(event.task_id, ref, output_url) for ref in event.outputs]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _output(task_id: uuid.UUID, ref: FileRef, output_url: OutputUrl | None) -> dict[str, Any]:
+    listed: dict[str, Any] = {"name": ref.name, "size": ref.size, "media_type": ref.media_type}
+    if output_url is not None:
+        listed["url"] = output_url(task_id, ref.name)
+    return listed

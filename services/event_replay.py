@@ -32,14 +32,16 @@ from pydantic import ValidationError
 from flowyard.adapters.sql import event_log
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.webhook_store import SqlWebhookStore
+from flowyard.bus.nats.subjects import token
 from flowyard.core.errors import InvalidInput, NotFound, TaskNotFound, Unavailable
-from flowyard.core.events import Event, parse_event, token
+from flowyard.core.events import Event, parse_event
 from flowyard.core.replay import EventFilter, Rebuilder, differences
 from flowyard.core.task import Task
+from flowyard.services.api.urls import output_urls
 
 STREAM = "FLOWYARD_EVENTS"
 SUBJECT_PREFIX = "flowyard.events"
-CONNECT_SECONDS = 5.0
+CONNECT_SECONDS = 5
 IDLE_SECONDS = 5.0
 """Longest wait for the next JetStream message before the stream is taken as stalled."""
 REQUEUE_BATCH = 500
@@ -129,7 +131,7 @@ class JetStreamEventLog:
                         connect_timeout=CONNECT_SECONDS,
                         allow_reconnect=False,
                         max_reconnect_attempts=1,
-                        reconnect_time_wait=0.2,
+                        reconnect_time_wait=0.2,  # type: ignore[arg-type]  # slept as a float
                         error_cb=_quiet,
                     )
             except (OSError, nats.errors.Error, TimeoutError) as exc:
@@ -187,7 +189,7 @@ class JetStreamEventLog:
         )
         try:
             info = await sub.consumer_info()
-            if info.num_pending == 0 and not info.delivered.consumer_seq:
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
                 return  # nothing matches (with messages already pushed, num_pending is 0 too)
             while True:
                 try:
@@ -233,6 +235,7 @@ async def replay_to_webhook(
 ) -> int:
     """Queue the selected events for the subscription again; the server's dispatcher sends them."""
     await store.get(webhook_id)
+    output_url = output_urls(public_url)
     batch: list[Event] = []
     queued = 0
     async for seq, event in log.read(f):
@@ -240,10 +243,10 @@ async def replay_to_webhook(
         if advance is not None:
             advance(seq)
         if len(batch) >= REQUEUE_BATCH:
-            queued += await store.requeue(webhook_id, batch, public_url)
+            queued += await store.requeue(webhook_id, batch, output_url)
             batch = []
     if batch:
-        queued += await store.requeue(webhook_id, batch, public_url)
+        queued += await store.requeue(webhook_id, batch, output_url)
     return queued
 
 

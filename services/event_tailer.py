@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from flowyard.adapters.sql.event_tail import events_by_seq
 from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.adapters.sql.wakeup import EVENTS_CHANNEL, PgNotifyWaker, PollWaker, listen_uri
+from flowyard.core.backoff import Backoff
 from flowyard.core.errors import Unavailable
 from flowyard.core.events import Event
 from flowyard.core.ports import Waker
@@ -89,22 +90,20 @@ class EventTailer:
 
     async def run(self) -> None:
         """Follow the log from its current end until cancelled; outages only pause it."""
-        backoff = 0.2
+        backoff = Backoff(first=0.2, cap=5.0)
         while True:
             self.waker.clear()
             try:
                 full = await self.poll_once()
             except Unavailable as exc:
-                log.warning("event tailer paused %.1fs: %s", backoff, exc.message)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.warning("event tailer paused %.1fs: %s", backoff.current, exc.message)
+                await asyncio.sleep(backoff.failed())
                 continue
             except Exception:  # never let a bad row stop live events for good
-                log.exception("event tailer failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.exception("event tailer failed; retrying in %.1fs", backoff.current)
+                await asyncio.sleep(backoff.failed())
                 continue
-            backoff = 0.2
+            backoff.succeeded()
             if full:
                 continue
             gaps = self.gaps

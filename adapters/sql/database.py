@@ -14,10 +14,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from flowyard.adapters.sql.engine import dialect_name, unavailable
+from flowyard.adapters.sql.engine import dialect_name, driver_errors_as_unavailable
 from flowyard.core.events import Event
 
 log = logging.getLogger(__name__)
@@ -58,28 +57,25 @@ class Database:
     async def write(self) -> AsyncIterator[Tx]:
         lock = self._write_lock or contextlib.nullcontext()
         async with lock:
-            try:
+            with self._translated():
                 async with self.engine.begin() as conn:
                     tx = Tx(conn, tuple(self._hooks))
                     yield tx
-            except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
-                if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
-                    raise
-                self.unavailable_at = time.monotonic()
-                raise unavailable(self.engine, exc) from exc
         if tx.events:
             self.notify(tx.events)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with self._translated():
             async with self.engine.connect() as conn:
                 yield conn
-        except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
-            if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
-                raise
-            self.unavailable_at = time.monotonic()
-            raise unavailable(self.engine, exc) from exc
+
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        """Connection failures become ``Unavailable`` and mark the time of the outage."""
+        return driver_errors_as_unavailable(self.engine, on_outage=self._outage)
+
+    def _outage(self) -> None:
+        self.unavailable_at = time.monotonic()
 
     def notify(self, events: Sequence[Event]) -> None:
         for listener in self._listeners:
@@ -90,7 +86,3 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
-
-
-def _is_connection_error(exc: DBAPIError) -> bool:
-    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)

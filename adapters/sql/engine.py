@@ -7,6 +7,8 @@ COMMITTED so a long-lived poller sees new rows; PostgreSQL keeps its default.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,22 +103,18 @@ def head_revision() -> str:
 
 async def upgrade(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision (idempotent; safe at every start)."""
-    try:
+    with driver_errors_as_unavailable(engine, connection_only=False):
         async with engine.begin() as conn:
             await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
-    except (OperationalError, DBAPIError, OSError) as exc:
-        raise unavailable(engine, exc) from exc
 
 
 async def check_schema(engine: AsyncEngine) -> None:
     """Refuse to run against a database without the current schema (workers never migrate)."""
-    try:
+    with driver_errors_as_unavailable(engine, connection_only=False):
         async with engine.connect() as conn:
             current = await conn.run_sync(
                 lambda sync: MigrationContext.configure(sync).get_current_revision()
             )
-    except (OperationalError, DBAPIError, OSError) as exc:
-        raise unavailable(engine, exc) from exc
     if current is None:
         raise SchemaMissing(
             f"database {safe_url(engine)} has no flowyard schema: start the server on it "
@@ -137,6 +135,38 @@ def unavailable(engine: AsyncEngine, exc: BaseException) -> Unavailable:
     """One line that names the database and the driver's reason."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     return Unavailable(f"cannot use database {safe_url(engine)}: {reason}")
+
+
+DRIVER_ERRORS = (DBAPIError, OSError)
+"""What a driver raises when the database cannot be used (``ConnectionError`` is an ``OSError``)."""
+
+
+def is_connection_error(exc: DBAPIError) -> bool:
+    """A lost or refused connection, as opposed to a statement the database refused."""
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
+
+
+@contextlib.contextmanager
+def driver_errors_as_unavailable(
+    engine: AsyncEngine,
+    *,
+    connection_only: bool = True,
+    on_outage: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """Translate the driver's errors inside the block into ``Unavailable`` (one edge for all).
+
+    ``connection_only`` lets a statement error (an ``IntegrityError``, say) through
+    unchanged, since retrying would not mend it; migrations translate every driver
+    error. ``on_outage`` is told of each translated failure before it is raised.
+    """
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        if connection_only and isinstance(exc, DBAPIError) and not is_connection_error(exc):
+            raise
+        if on_outage is not None:
+            on_outage()
+        raise unavailable(engine, exc) from exc
 
 
 def dialect_name(engine: AsyncEngine) -> str:

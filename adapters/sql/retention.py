@@ -12,8 +12,6 @@ table: a live task can always be rebuilt from its log (``flowyard events replay
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -26,24 +24,8 @@ from flowyard.adapters.sql.schema import (
     webhook_attempts,
     webhook_deliveries,
 )
+from flowyard.core.ports import Pruned
 from flowyard.core.task import FINISHED
-
-
-@dataclass
-class Pruned:
-    """What one pruning pass removed (or, dry, would remove)."""
-
-    tasks: list[uuid.UUID] = field(default_factory=list)
-    deliveries: int = 0
-    events: int = 0
-    keys: int = 0
-
-    def add(self, other: Pruned) -> None:
-        self.tasks += other.tasks
-        self.deliveries += other.deliveries
-        self.events += other.events
-        self.keys += other.keys
-
 
 _FINISHED = sorted(state.value for state in FINISHED)
 

@@ -43,5 +43,5 @@ def event_values(event: Event) -> dict[str, Any]:
     }
 
 
-def event_from_row(row: sa.Row[Any]) -> Event:
+def event_from_row(row: sa.Row[*tuple[Any, ...]]) -> Event:
     return parse_event(row.body)

@@ -8,6 +8,7 @@ already in the log changes nothing, so redelivered events are harmless.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -121,7 +122,7 @@ class SqlTaskStore:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [task_from_row(r) for r in rows]
 
-    async def children(self, task_id: uuid.UUID) -> list[uuid.UUID]:
+    async def children(self, task_id: uuid.UUID) -> builtins.list[uuid.UUID]:
         """The follow-ups a task's success created (chains), oldest first."""
         query = (
             sa.select(tasks.c.id)
@@ -131,7 +132,7 @@ class SqlTaskStore:
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
 
-    async def chain_parents(self, since: datetime, limit: int = 500) -> list[Task]:
+    async def chain_parents(self, since: datetime, limit: int = 500) -> builtins.list[Task]:
         """Succeeded tasks with follow-ups, finished since ``since`` (the chainer's sweep)."""
         query = (
             sa.select(tasks)
@@ -160,7 +161,7 @@ class SqlTaskStore:
             rows = (await conn.execute(query)).all()
         return [event_from_row(r) for r in rows]
 
-    async def events_after(self, seq: int, limit: int = 500) -> list[tuple[int, Event]]:
+    async def events_after(self, seq: int, limit: int = 500) -> builtins.list[tuple[int, Event]]:
         """Log entries after ``seq`` in commit-safe order, for tailers and replay."""
         query = (
             sa.select(events.c.seq, events.c.body)
@@ -177,7 +178,7 @@ class SqlTaskStore:
             value = (await conn.execute(sa.select(sa.func.max(events.c.seq)))).scalar()
         return int(value or 0)
 
-    async def workers(self) -> list[dict[str, object]]:
+    async def workers(self) -> builtins.list[dict[str, object]]:
         async with self.db.read() as conn:
             rows = (await conn.execute(sa.select(workers).order_by(workers.c.name))).all()
         return [dict(r._mapping) for r in rows]

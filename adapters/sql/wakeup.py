@@ -29,16 +29,23 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flowyard.adapters.sql.database import Database, Tx
+from flowyard.core.backoff import Backoff
 from flowyard.core.events import Event
 
 log = logging.getLogger(__name__)
 
 
+def _poll_sooner_or_later(idle: Backoff, found: bool) -> None:
+    """After a claim: poll fast again when it found work, else wait twice as long."""
+    if found:
+        idle.succeeded()
+    else:
+        idle.failed()
+
+
 class PollWaker:
     def __init__(self, poll_interval: float, min_interval: float = 0.05) -> None:
-        self._max = poll_interval
-        self._min = min(min_interval, poll_interval)
-        self._next = self._min
+        self._idle = Backoff(first=min_interval, cap=poll_interval)
         self._kick = asyncio.Event()
 
     def clear(self) -> None:
@@ -48,11 +55,11 @@ class PollWaker:
         self._kick.set()
 
     def found_work(self, found: bool) -> None:
-        self._next = self._min if found else min(self._next * 2, self._max)
+        _poll_sooner_or_later(self._idle, found)
 
     async def wait(self, max_wait: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kick.wait(), min(self._next, max_wait))
+            await asyncio.wait_for(self._kick.wait(), min(self._idle.current, max_wait))
 
     async def close(self) -> None:
         self._kick.set()
@@ -105,10 +112,8 @@ class PgNotifyWaker:
         self._channel = channel
         self._payloads = frozenset(payloads) if payloads is not None else None
         self._also = dict(also or {})
-        self._max = poll_interval
-        self._min = min(min_interval, poll_interval)
-        self._next = self._min
-        self._reconnect_max = reconnect_max
+        self._idle = Backoff(first=min_interval, cap=poll_interval)
+        self._reconnect = Backoff(first=0.1, cap=reconnect_max)
         self._kick = asyncio.Event()
         self._closed = asyncio.Event()
         self._listening = False
@@ -137,10 +142,10 @@ class PgNotifyWaker:
         self._kick.set()
 
     def found_work(self, found: bool) -> None:
-        self._next = self._min if found else min(self._next * 2, self._max)
+        _poll_sooner_or_later(self._idle, found)
 
     async def wait(self, max_wait: float) -> None:
-        timeout = max_wait if self._listening else min(self._next, max_wait)
+        timeout = max_wait if self._listening else min(self._idle.current, max_wait)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._kick.wait(), timeout)
 
@@ -153,11 +158,10 @@ class PgNotifyWaker:
                 await self._task
 
     async def _listen_forever(self) -> None:
-        backoff = 0.1
         while not self._closed.is_set():
             try:
                 await self._listen()
-                backoff = 0.1
+                self._reconnect.succeeded()
             except (psycopg.Error, OSError) as exc:
                 reason = (
                     str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -166,13 +170,12 @@ class PgNotifyWaker:
                     "LISTEN %s lost (%s): polling, reconnecting in %.1fs",
                     self._channel,
                     reason,
-                    backoff,
+                    self._reconnect.current,
                 )
             finally:
                 self._listening = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), backoff)
-            backoff = min(backoff * 2, self._reconnect_max)
+                await asyncio.wait_for(self._closed.wait(), self._reconnect.failed())
 
     async def _listen(self) -> None:
         conn = await psycopg.AsyncConnection.connect(

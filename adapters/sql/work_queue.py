@@ -31,8 +31,7 @@ from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record
 from flowyard.core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
 from flowyard.core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
 from flowyard.core.ports import Heartbeat, Waker, WorkerIdentity
-from flowyard.core.redelivery import NATS_WORKER_PREFIX
-from flowyard.core.task import Task, TaskState, apply, lease_expired
+from flowyard.core.task import Task, TaskState, apply, event_for, lease_expired
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,8 @@ class SqlWorkQueue:
             await append_events(
                 tx,
                 [
-                    TaskClaimed(
-                        task_id=t.id,
-                        flow=t.flow,
-                        owner=t.owner,
-                        attempt=t.attempt,
-                        at=now,
-                        worker_id=worker.id,
-                        lease_expires_at=deadline,
+                    event_for(
+                        t, TaskClaimed, at=now, worker_id=worker.id, lease_expires_at=deadline
                     )
                     for t in claimed
                 ],
@@ -95,7 +88,7 @@ class SqlWorkQueue:
         if worker.owner is not None:
             query = query.where(tasks.c.owner == worker.owner)
         async with self.db.read() as conn:
-            value = (await conn.execute(query)).scalar()
+            value: datetime | None = (await conn.execute(query)).scalar()
         if isinstance(value, datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)  # MIN() of a column loses its type on some drivers
         return value
@@ -136,9 +129,7 @@ class SqlWorkQueue:
             raise LeaseLost(f"result of task {event.task_id} refused: {exc.message}") from exc
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
-        event = TaskRequeued(
-            task_id=task.id, flow=task.flow, owner=task.owner, attempt=task.attempt, reason=reason
-        )
+        event = event_for(task, TaskRequeued, reason=reason)
         try:
             async with self.db.write() as tx:
                 await record_in(tx, event)
@@ -160,7 +151,7 @@ class SqlWorkQueue:
         expired = (
             (tasks.c.state == TaskState.running.value)
             & (tasks.c.lease_expires_at < now)
-            & ~sa.func.coalesce(tasks.c.worker_id, "").startswith(NATS_WORKER_PREFIX)
+            & tasks.c.lease_keeper.is_(None)  # a transport keeps the lease: not ours
         )
         return await self._expire(expired, now, "lease expired", batch)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -38,7 +38,7 @@ async def list_workers(rt: Rt, caller: Caller) -> dict[str, list[WorkerOut]]:
     ]
     return {
         "items": [
-            WorkerOut.model_validate({**row, "online": row["last_seen_at"] >= cutoff})
+            WorkerOut.model_validate({**row, "online": _seen_since(row["last_seen_at"], cutoff)})
             for row in rows
         ]
     }
@@ -58,3 +58,7 @@ async def health(rt: Rt) -> dict[str, Any]:
         "live_subscribers": rt.hub.subscriber_count,
         **({"nats": await rt.nats.health()} if rt.nats is not None else {}),
     }
+
+
+def _seen_since(last_seen: object, cutoff: datetime) -> bool:
+    return isinstance(last_seen, datetime) and last_seen >= cutoff

@@ -5,11 +5,12 @@ A token's secret appears in the response that creates it and never again.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
+from pydantic.config import JsonDict
 
 from flowyard.adapters.sql.user_store import SqlUserStore
 from flowyard.core.errors import Unauthenticated
@@ -17,9 +18,7 @@ from flowyard.core.events import utcnow
 from flowyard.core.identity import (
     MIN_PASSWORD_LENGTH,
     USER_NAME,
-    ApiToken,
     Role,
-    User,
     check_user_name,
 )
 from flowyard.services.api.auth import (
@@ -31,6 +30,7 @@ from flowyard.services.api.auth import (
     principal,
 )
 from flowyard.services.api.errors import documented
+from flowyard.services.api.user_schemas import MeOut, TokenCreated, TokenOut, UserOut
 from flowyard.services.auth_service import Authenticator, csrf_token
 
 public = APIRouter(prefix="/api", tags=["users"])
@@ -39,36 +39,9 @@ Auth = Annotated[Authenticator, Depends(authenticator)]
 
 # Documented for clients and fuzzers; check_user_name and check_password enforce them with
 # their own messages (so the schema says only what the server would refuse anyway).
-NAME_SCHEMA = {"pattern": f"^{USER_NAME.pattern}$"}
-PASSWORD_SCHEMA = {"minLength": MIN_PASSWORD_LENGTH}
+NAME_SCHEMA: JsonDict = {"pattern": f"^{USER_NAME.pattern}$"}
+PASSWORD_SCHEMA: JsonDict = {"minLength": MIN_PASSWORD_LENGTH}
 UserName = Annotated[str, Path(json_schema_extra=NAME_SCHEMA)]
-
-
-class UserOut(BaseModel):
-    name: str
-    role: Role
-    disabled: bool
-    created_at: datetime
-    last_login_at: datetime | None
-
-    @classmethod
-    def of(cls, user: User) -> UserOut:
-        return cls(
-            name=user.name,
-            role=user.role,
-            disabled=user.disabled,
-            created_at=user.created_at,
-            last_login_at=user.last_login_at,
-        )
-
-
-class MeOut(BaseModel):
-    name: str
-    role: Role
-    auth_required: bool
-    csrf_token: str | None = Field(
-        default=None, description="send as X-CSRF-Token with changes when signed in by cookie"
-    )
 
 
 class Login(BaseModel):
@@ -103,34 +76,13 @@ class CreateToken(BaseModel):
     expires_days: StrictFloat | None = Field(default=None, gt=0, le=3650)
 
 
-class TokenOut(BaseModel):
-    id: str
-    user: str
-    name: str
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, token: ApiToken) -> TokenOut:
-        return cls(
-            id=token.id,
-            user=token.user,
-            name=token.name,
-            created_at=token.created_at,
-            expires_at=token.expires_at,
-            last_used_at=token.last_used_at,
-            revoked_at=token.revoked_at,
-        )
+def user_store(request: Request) -> SqlUserStore:
+    """The whole user store (administration), not only what sign-in needs."""
+    users: SqlUserStore = request.app.state.runtime.users
+    return users
 
 
-class TokenCreated(TokenOut):
-    token: str = Field(description="shown only in this response")
-
-
-def _users(auth: Authenticator) -> SqlUserStore:
-    return auth.users
+Users = Annotated[SqlUserStore, Depends(user_store)]
 
 
 # -- sign-in (public: the credentials are the request) ----------------------
@@ -185,19 +137,19 @@ async def me(request: Request, caller: Caller, auth: Auth) -> MeOut:
 
 
 @router.get("/me/tokens")
-async def my_tokens(caller: Caller, auth: Auth) -> dict[str, list[TokenOut]]:
-    return {"items": [TokenOut.of(t) for t in await _users(auth).tokens(caller.name)]}
+async def my_tokens(caller: Caller, users: Users) -> dict[str, list[TokenOut]]:
+    return {"items": [TokenOut.of(t) for t in await users.tokens(caller.name)]}
 
 
 # 404: with authentication off the caller is the local admin, who need not be a user row
 @router.post("/me/tokens", status_code=201, response_model=TokenCreated, responses=documented(404))
-async def create_my_token(body: CreateToken, caller: Caller, auth: Auth) -> TokenCreated:
-    return await _create_token(auth, caller.name, body)
+async def create_my_token(body: CreateToken, caller: Caller, users: Users) -> TokenCreated:
+    return await _create_token(users, caller.name, body)
 
 
 @router.delete("/me/tokens/{token_id}", status_code=204)
-async def revoke_my_token(token_id: str, caller: Caller, auth: Auth) -> Response:
-    await _users(auth).revoke_token(token_id, user=caller.name)
+async def revoke_my_token(token_id: str, caller: Caller, users: Users) -> Response:
+    await users.revoke_token(token_id, user=caller.name)
     return Response(status_code=204)
 
 
@@ -205,23 +157,22 @@ async def revoke_my_token(token_id: str, caller: Caller, auth: Auth) -> Response
 
 
 @router.get("/users")
-async def list_users(_: Admin, auth: Auth) -> dict[str, list[UserOut]]:
-    return {"items": [UserOut.of(u) for u in await _users(auth).list()]}
+async def list_users(_: Admin, users: Users) -> dict[str, list[UserOut]]:
+    return {"items": [UserOut.of(u) for u in await users.list()]}
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses=documented(409))
-async def create_user(body: CreateUser, _: Admin, auth: Auth) -> UserOut:
-    return UserOut.of(await _users(auth).create(body.name, body.password, body.role))
+async def create_user(body: CreateUser, _: Admin, users: Users) -> UserOut:
+    return UserOut.of(await users.create(body.name, body.password, body.role))
 
 
 @router.get("/users/{name}", response_model=UserOut)
-async def get_user(name: UserName, _: Admin, auth: Auth) -> UserOut:
-    return UserOut.of(await _users(auth).get(check_user_name(name)))
+async def get_user(name: UserName, _: Admin, users: Users) -> UserOut:
+    return UserOut.of(await users.get(check_user_name(name)))
 
 
 @router.patch("/users/{name}", response_model=UserOut)
-async def update_user(name: UserName, body: UpdateUser, _: Admin, auth: Auth) -> UserOut:
-    users = _users(auth)
+async def update_user(name: UserName, body: UpdateUser, _: Admin, users: Users) -> UserOut:
     check_user_name(name)
     if body.password is not None:
         await users.set_password(name, body.password)
@@ -233,32 +184,31 @@ async def update_user(name: UserName, body: UpdateUser, _: Admin, auth: Auth) ->
 
 
 @router.delete("/users/{name}", status_code=204)
-async def remove_user(name: UserName, _: Admin, auth: Auth) -> Response:
-    await _users(auth).remove(check_user_name(name))
+async def remove_user(name: UserName, _: Admin, users: Users) -> Response:
+    await users.remove(check_user_name(name))
     return Response(status_code=204)
 
 
 @router.get("/users/{name}/tokens")
-async def user_tokens(name: UserName, _: Admin, auth: Auth) -> dict[str, list[TokenOut]]:
-    users = _users(auth)
+async def user_tokens(name: UserName, _: Admin, users: Users) -> dict[str, list[TokenOut]]:
     await users.get(check_user_name(name))
     return {"items": [TokenOut.of(t) for t in await users.tokens(name)]}
 
 
 @router.post("/users/{name}/tokens", status_code=201, response_model=TokenCreated)
 async def create_user_token(
-    name: UserName, body: CreateToken, _: Admin, auth: Auth
+    name: UserName, body: CreateToken, _: Admin, users: Users
 ) -> TokenCreated:
-    return await _create_token(auth, check_user_name(name), body)
+    return await _create_token(users, check_user_name(name), body)
 
 
 @router.delete("/users/{name}/tokens/{token_id}", status_code=204)
-async def revoke_user_token(name: UserName, token_id: str, _: Admin, auth: Auth) -> Response:
-    await _users(auth).revoke_token(token_id, user=check_user_name(name))
+async def revoke_user_token(name: UserName, token_id: str, _: Admin, users: Users) -> Response:
+    await users.revoke_token(token_id, user=check_user_name(name))
     return Response(status_code=204)
 
 
-async def _create_token(auth: Authenticator, user: str, body: CreateToken) -> TokenCreated:
+async def _create_token(users: SqlUserStore, user: str, body: CreateToken) -> TokenCreated:
     expires = None if body.expires_days is None else utcnow() + timedelta(days=body.expires_days)
-    token, secret = await _users(auth).create_token(user, name=body.name, expires_at=expires)
+    token, secret = await users.create_token(user, name=body.name, expires_at=expires)
     return TokenCreated(**TokenOut.of(token).model_dump(), token=secret)

@@ -17,12 +17,12 @@ from flowyard.core.webhook import (
     RetryPolicy,
     Subscription,
     check_event_types,
-    delivery_body,
     next_attempt_at,
     outcome,
     retry_delay,
     should_disable,
 )
+from flowyard.services.api.urls import webhook_body as delivery_body
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RetryPolicy(base=1.0, retry_for=timedelta(hours=24), disable_after=5)
@@ -121,18 +121,18 @@ def test_points_are_positions_times_or_ages() -> None:
     assert parse_point("2026-03-01T10:00:00Z", "--since") == datetime(2026, 3, 1, 10, tzinfo=UTC)
     assert parse_point("2026-03-01T10:00:00", "--since") == datetime(2026, 3, 1, 10, tzinfo=UTC)
     assert parse_point("90m", "--since", now) == now - timedelta(minutes=90)
-    with pytest.raises(InvalidInput, match="--until: 'yesterday' is neither"):
-        parse_point("yesterday", "--until")
+    with pytest.raises(InvalidInput, match="`until`: 'yesterday' is neither"):
+        parse_point("yesterday", "until")
 
 
 def test_empty_or_reversed_ranges_and_unknown_types_are_refused() -> None:
-    with pytest.raises(InvalidInput, match="--since 10 is not before --until 10"):
+    with pytest.raises(InvalidInput, match="`since` 10 is not before `until` 10"):
         EventFilter(since=10, until=10)
     with pytest.raises(InvalidInput, match="not before"):
         EventFilter(since=T0, until=T0 - timedelta(seconds=1))
     with pytest.raises(InvalidInput, match=r"unknown event type 'task\.bogus'"):
         EventFilter(types=("task.bogus",))
-    with pytest.raises(InvalidInput, match="--rebuild"):
+    with pytest.raises(InvalidInput, match="`rebuild`"):
         EventFilter(since=3).for_rebuild()
 
 
