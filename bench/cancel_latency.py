@@ -29,7 +29,7 @@ from tests.support.auth import ADMIN_AUTH, ADMIN_ENV  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
 
-WORKER_READY = r"services\.db_worker: worker "
+WORKER_READY = r"services\.worker_process: worker "
 
 
 def wait_state(client: httpx.Client, task_id: uuid.UUID, state: str, within: float) -> None:

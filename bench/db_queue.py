@@ -439,7 +439,7 @@ def run(args: argparse.Namespace, uri: str) -> Results:
                     name=f"bench-{i}",
                 )
             for process in group.processes:
-                process.wait_for_log(r"services\.db_worker: worker ", 60)
+                process.wait_for_log(r"services\.worker_process: worker ", 60)
             time.sleep(1.0)
             claim, done = asyncio.run(claim_latencies(uri, files, args.samples))
             out.latency["flowyard create-to-claim"] = [x * 1000 for x in claim]

@@ -177,7 +177,8 @@ def sobel_magnitude(grey: torch.Tensor) -> torch.Tensor:
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=grey.device)
     weight = torch.stack([kx, kx.T]).unsqueeze(1)
     gradients = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), weight)
-    return torch.linalg.vector_norm(gradients, dim=1, keepdim=True)
+    magnitude: torch.Tensor = torch.linalg.vector_norm(gradients, dim=1, keepdim=True)
+    return magnitude
 
 
 def normalise(magnitude: torch.Tensor, threshold: float | None) -> torch.Tensor:

@@ -65,7 +65,8 @@ def encode(device: str, texts: Sequence[str]) -> np.ndarray:
         convert_to_numpy=True,
         show_progress_bar=False,
     )
-    return vectors.astype("float32", copy=False)
+    as_float: np.ndarray = vectors.astype("float32", copy=False)
+    return as_float
 
 
 def read_lines(path: Path, what: str) -> list[str]:

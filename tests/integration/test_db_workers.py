@@ -48,7 +48,7 @@ from tests.support.task_db import create_tasks, open_store, read_log, task_state
 
 pytestmark = pytest.mark.timeout(120)
 
-WORKER_READY = r"services\.db_worker: worker "
+WORKER_READY = r"services\.worker_process: worker "
 
 
 def identity(name: str, owner: str | None = None) -> WorkerIdentity:

@@ -453,7 +453,7 @@ def test_events_of_database_workers_are_delivered_too(
             worker = flowyard_processes.start_worker(
                 ["--db", pg_uri, "--files", str(files), "--name", "dbw"], SERVER_ENV
             )
-            worker.wait_for_log(r"services\.db_worker: worker ", 60)
+            worker.wait_for_log(r"services\.worker_process: worker ", 60)
             task_ids = [sleep_task(api) for _ in range(3)]
             wait_all_finished(server.url or "", 30)
             expected = {done_event(api, t)["id"] for t in task_ids}

@@ -57,7 +57,7 @@ FAULT_NAMES: dict[str, str] = {
     "nats-restart": "nats-server restart",
     "store-wipe": "nats-server restart with its JetStream store deleted",
 }
-WORKER_READY = {"db": r"services\.db_worker: worker ", "nats": r"worker nats:\S+ on nats://"}
+WORKER_READY = {"db": r"services\.worker_process: worker ", "nats": r"worker nats:\S+ on nats://"}
 
 
 @dataclass(frozen=True)
