@@ -31,9 +31,9 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "lease_seconds": ("--lease-seconds",),
     "poll_interval": ("worker --poll-interval",),
     "nats_url": ("--nats",),
-    "nats_user": ("serve --nats-user",),
-    "nats_password": ("serve --nats-password",),
-    "nats_creds": ("serve --nats-creds", "worker --creds"),
+    "nats_user": ("--nats-user",),
+    "nats_password": ("--nats-password",),
+    "nats_creds": ("--nats-creds",),
     "metrics_port": ("worker --metrics-port",),
 }
 """Settings with a flag of their own (``--db`` etc.: on serve and worker). Every setting
