@@ -204,6 +204,12 @@ class Settings(BaseSettings):
     webhooks_allow_private: bool = Field(
         default=False, description="allow webhook targets on loopback/private/link-local addresses"
     )
+    webhook_dispatch: Literal["server", "separate"] = Field(
+        default="server",
+        description="who sends webhook deliveries: the server, or separate 'flowyard webhooks "
+        "dispatch' processes (with NATS they also create the delivery rows, from the event "
+        "stream)",
+    )
     webhook_timeout: float = Field(default=10.0, gt=0, description="seconds per delivery attempt")
     webhook_retry_hours: float = Field(default=24.0, gt=0, description="retry a delivery this long")
     webhook_backoff_base: float = Field(default=1.0, gt=0, description="first retry delay (s)")

@@ -14,14 +14,18 @@ Everything else receives its collaborators ready-made.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import socket
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flowyard.adapters.files.local import LocalFileStore, LocalTaskFiles
 from flowyard.adapters.files.lock import DataDirLock
 from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.delivery_intake import SqlDeliveryIntake
 from flowyard.adapters.sql.engine import check_schema, make_engine, upgrade
 from flowyard.adapters.sql.retention import SqlRetention
 from flowyard.adapters.sql.task_store import SqlTaskStore
@@ -44,6 +48,7 @@ from flowyard.flows.registry import installed_flows
 from flowyard.services.api.urls import output_urls
 from flowyard.services.auth_service import Authenticator
 from flowyard.services.chains import Chainer
+from flowyard.services.components import Components, Loop, Resource
 from flowyard.services.hooks import AfterCommit, Hook, InTransaction, register
 from flowyard.services.retention import Pruner
 from flowyard.services.runtime import Runtime
@@ -62,6 +67,7 @@ from flowyard.services.worker_process import (
 )
 
 if TYPE_CHECKING:
+    from flowyard.bus.nats.event_subscriber import Take
     from flowyard.services.nats_server import NatsBridge
 
 log = logging.getLogger(__name__)
@@ -135,6 +141,8 @@ async def _wire_server(settings: Settings) -> Runtime:
         rt.worker = _in_process_worker(rt)
     if settings.nats_url:
         rt.nats = nats_bridge(settings, db, store)
+        if settings.webhook_dispatch == "server":
+            rt.nats.webhook_intake = webhook_intake(db, recorder, rt.dispatcher)
     rt.hooks = register(db, server_hooks(rt, recorder, waker))
     return rt
 
@@ -149,7 +157,10 @@ def server_hooks(rt: Runtime, recorder: DeliveryRecorder, waker: LocalWaker) -> 
     only_here = rt.settings.mode != "server"  # this process writes every event
     notifier = rt.notifier
     return [
-        InTransaction("webhook delivery rows, one per matching subscription", recorder),
+        # with NATS the webhook intake makes them from the event stream (``webhook_intake``)
+        InTransaction("webhook delivery rows, one per matching subscription", recorder)
+        if rt.nats is None
+        else None,
         InTransaction("NOTIFY database workers of new work", notifier) if notifier else None,
         AfterCommit("the trailing NOTIFY a debounced write owes", notifier.on_commit)
         if notifier
@@ -296,3 +307,67 @@ def db_worker_hooks(
         if notifier
         else None,
     ]
+
+
+def webhook_intake(db: Database, recorder: DeliveryRecorder, dispatcher: WebhookDispatcher) -> Take:
+    """What the event stream's webhook subscriber calls: rows from the record, then send."""
+    intake = SqlDeliveryIntake(db, recorder)
+
+    async def take(event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        taken = await intake.take(event_ids)
+        if taken:
+            dispatcher.wake()
+        return taken
+
+    return take
+
+
+async def run_webhook_dispatcher(settings: Settings) -> None:
+    """``flowyard webhooks dispatch``: send deliveries beside the server, as many as wanted.
+
+    Deliveries are claimed with SKIP LOCKED, so processes share them. With NATS the
+    processes also share the event stream's webhook consumer and make the delivery
+    rows; without it the server's and workers' writes make them.
+    """
+    if settings.database_uri is None or settings.db_uri.startswith("sqlite"):
+        raise ConfigError(
+            "a webhook dispatcher needs --db with the server's PostgreSQL or MariaDB database"
+        )
+    engine = make_engine(settings.db_uri, pool_size=4, pre_ping=False)
+    await check_schema(engine)
+    db = Database(engine)
+    recorder = DeliveryRecorder(db.dialect, output_urls(settings.public_url))
+    dispatcher = WebhookDispatcher(SqlWebhookStore(db), recorder, settings)
+    parts = Components()
+    parts.adopt(Resource("database", db.close))
+    loops: list[Loop] = [Loop("webhooks", dispatcher.run)]
+    if settings.nats_url:
+        from flowyard.bus.nats.broker import NatsAuth, connection, make_broker
+        from flowyard.bus.nats.event_subscriber import (
+            WEBHOOK_CONSUMER,
+            EventSubscriber,
+            subscriber_config,
+        )
+
+        broker = make_broker(
+            settings.nats_url, NatsAuth.from_settings(settings), name="flowyard-webhooks"
+        )
+        client, js = await connection(broker)
+        parts.adopt(Resource("NATS", broker.stop))
+        config = subscriber_config(WEBHOOK_CONSUMER, "flowyard webhook intake")
+        subscriber = EventSubscriber(client, js, config, webhook_intake(db, recorder, dispatcher))
+        loops.append(Loop("webhook intake", subscriber.run))
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    log.info(
+        "webhook dispatcher on %s%s",
+        engine.url.render_as_string(hide_password=True),
+        f", events from {settings.nats_url}" if settings.nats_url else "",
+    )
+    try:
+        await parts.start(loops)
+        await stopped.wait()
+    finally:
+        await parts.stop()

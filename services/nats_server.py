@@ -34,6 +34,13 @@ from flowyard.bus.nats.advisories import AdvisoryWatcher
 from flowyard.bus.nats.auth_config import WhoAmIReply
 from flowyard.bus.nats.broker import TRANSIENT, NatsAuth, connection, make_broker
 from flowyard.bus.nats.dispatch import WorkDispatcher
+from flowyard.bus.nats.event_subscriber import (
+    WEBHOOK_CONSUMER,
+    EventSubscriber,
+    Take,
+    ensure_subscriber,
+    subscriber_config,
+)
 from flowyard.bus.nats.object_store import NatsFileTransfer
 from flowyard.bus.nats.reconcile import Reconciler
 from flowyard.bus.nats.relay import OutboxRelay
@@ -82,7 +89,8 @@ class NatsBridge:
         self.scheduler: Scheduler | None = None
         self.topology: Topology | None = None
         self._jobs: list[asyncio.Task[None]] = []
-        db.on_commit(self.kick)
+        self.webhook_intake: Take | None = None
+        """Set when this server makes webhook deliveries from the event stream."""
 
     def kick(self, _events: object = None) -> None:
         """Commit listener: wake the relay (no I/O here)."""
@@ -159,6 +167,11 @@ class NatsBridge:
             on_lost=[dispatcher.forget, transfer.forget, self._reconcile_now],
         )
         await self._retry(self.topology.ensure, "setting up streams")
+        webhooks = subscriber_config(WEBHOOK_CONSUMER, "flowyard webhook intake")
+        # made here whoever dispatches: events wait in it for dispatchers started later
+        await self._retry(
+            lambda: ensure_subscriber(js, webhooks), "setting up the webhook consumer"
+        )
         await self.broker.start()
         gated = s.nats_dispatch == "priority"
         self.relay = OutboxRelay(
@@ -194,15 +207,19 @@ class NatsBridge:
             gated=gated,
             offline_after=s.worker_offline_seconds,
         )
-        log.info("NATS ready: relaying the outbox, consuming worker events")
-        for name, loop in (
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("topology", self.topology.run),
             ("relay", self.relay.run),
             ("worker-events", self.consumer.run),
             ("advisories", self.advisories.run),
             ("reconciler", self.reconciler.run),
             ("scheduler", self.scheduler.run),
-        ):
+        ]
+        if self.webhook_intake is not None:
+            intake = EventSubscriber(client, js, webhooks, self.webhook_intake)
+            loops.append(("webhook-intake", intake.run))
+        log.info("NATS ready: relaying the outbox, consuming worker events")
+        for name, loop in loops:
             self._jobs.append(asyncio.create_task(_supervised(name, loop), name=f"nats-{name}"))
         await asyncio.gather(*self._jobs)
 

@@ -90,7 +90,8 @@ class Runtime:
         parts.append(Loop("chains", self._sweep_chains))
         if s.task_retention_days or s.events_retention_days:
             parts.append(Loop("pruner", self.pruner.run))
-        parts.append(Loop("webhooks", self.dispatcher.run))
+        if s.webhook_dispatch == "server":  # else: 'flowyard webhooks dispatch' processes
+            parts.append(Loop("webhooks", self.dispatcher.run))
         if s.mode == "server":
             parts.append(Loop("event-tailer", self._tail))
         if self.nats is not None:

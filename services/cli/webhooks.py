@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -200,3 +201,50 @@ def _last(item: DeliveryOut) -> str:
     if item.last_status_code:
         return f"HTTP {item.last_status_code}{tail}"
     return tail.lstrip(", ")
+
+
+@webhooks_app.command("dispatch")
+@async_command
+async def dispatch_webhooks(
+    db: Annotated[
+        str | None, typer.Option("--db", help="The server's database URI (PostgreSQL or MariaDB).")
+    ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option("--nats", help="NATS server: take events from the stream (nats://host:4222)."),
+    ] = None,
+    nats_user: Annotated[
+        str | None, typer.Option("--nats-user", help="Log in to NATS as this user.")
+    ] = None,
+    nats_password: Annotated[
+        str | None,
+        typer.Option("--nats-password", help="NATS password (shows in ps: prefer the env)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML settings file (or FLOWYARD_CONFIG).")
+    ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Any setting; repeatable."),
+    ] = None,
+) -> None:
+    """Send webhook deliveries beside the server (run as many as needed).
+
+    Pair with the server setting webhook_dispatch=separate. With --nats the
+    dispatchers also make the delivery rows, from the event stream.
+    """
+    from flowyard.services.cli.serve import configure_logging
+    from flowyard.services.composition import run_webhook_dispatcher
+    from flowyard.services.config import load_settings
+
+    settings = load_settings(
+        config,
+        assignments=assignments or [],
+        mode="server",
+        database_uri=db,
+        nats_url=nats,
+        nats_user=nats_user,
+        nats_password=nats_password,
+    )
+    configure_logging(settings)
+    await run_webhook_dispatcher(settings)
