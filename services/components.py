@@ -1,6 +1,6 @@
 """Long-running parts of a process, each with ``start`` and ``stop``.
 
-The composition root (``services/composition.py``) lists a process's components in
+The composition root (``services/composition/``) lists a process's components in
 the order they start; ``Components`` stops them in the reverse order, so what a
 part uses (the database, a listener) outlives it. A loop that must finish its
 work (a worker with running flows) is asked to stop and given a grace period; the

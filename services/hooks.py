@@ -1,6 +1,6 @@
 """What runs inside, and right after, every write that records events.
 
-Each process kind builds its list in ``services/composition.py`` and registers it
+Each process kind builds its list in ``services/composition/`` and registers it
 here, so one place shows how recording ``task.done`` creates a webhook delivery
 row (a hook in the same transaction) or wakes a worker (a listener after commit).
 ``docs/architecture.md`` quotes the lists.

@@ -1,6 +1,6 @@
 """A running server: the parts the HTTP routes use, and the loops that run beside them.
 
-``services/composition.py`` builds it from settings (``Runtime.open``); this module
+``services/composition/`` builds it from settings (``Runtime.open``); this module
 only holds the parts and starts and stops them in order (``services/components.py``).
 """
 
@@ -69,7 +69,7 @@ class Runtime:
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
-        from flowyard.services.composition import open_server
+        from flowyard.services.composition.server import open_server
 
         return await open_server(settings)
 
@@ -139,7 +139,7 @@ class Runtime:
                 self.worker.cancel(event.task_id)
 
     async def _tail(self) -> None:
-        from flowyard.services.composition import tailed_listeners
+        from flowyard.services.composition.server import tailed_listeners
 
         listeners = [listener.listener for listener in tailed_listeners(self)]
 

@@ -1,5 +1,5 @@
 """What every worker process shares, whatever its transport: its identity, flows,
-options, start-up line and signal handling (built by ``services/composition.py``)."""
+options, start-up line and signal handling (built by ``services/composition/``)."""
 
 from __future__ import annotations
 

@@ -112,6 +112,9 @@ def advisory_stream_config() -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=24 * 3600.0,
+        # nats-server's own default, said out loud: left at 0 it reads back as 120 s and
+        # the topology keeper "updated" the stream every round
+        duplicate_window=120.0,
     )
 
 

@@ -234,7 +234,7 @@ async def dispatch_webhooks(
     dispatchers also make the delivery rows, from the event stream.
     """
     from flowyard.services.cli.serve import configure_logging
-    from flowyard.services.composition import run_webhook_dispatcher
+    from flowyard.services.composition.webhooks import run_webhook_dispatcher
     from flowyard.services.config import load_settings
 
     settings = load_settings(

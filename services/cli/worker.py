@@ -229,14 +229,14 @@ def worker_command(
                 "give either --db (database worker) or --nats (NATS worker), not both; "
                 "a NATS worker needs no database and no --files"
             )
-        from flowyard.services.nats_worker import run_nats_worker
+        from flowyard.services.composition.nats_worker import run_nats_worker
 
         configure_logging(settings.log_level, settings.log_format, settings.log_file)
         asyncio.run(
             run_nats_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
         )
         return
-    from flowyard.services.composition import run_db_worker
+    from flowyard.services.composition.db_worker import run_db_worker
 
     if settings.database_uri is None:
         raise ConfigError(

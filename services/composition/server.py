@@ -1,54 +1,33 @@
-"""The composition root: settings in, a wired process out, for every process kind.
-
-This is the only place that picks implementations from configuration and the
-only place that registers what runs inside and after a write (``services/hooks.py``):
-
-- ``open_server``: ``flowyard serve`` in default mode (SQLite, in-process worker)
-  and in server mode (PostgreSQL or MariaDB, workers elsewhere), with
-- ``nats_bridge``: the server-side NATS parts when ``--nats`` is set;
-- ``run_db_worker``: ``flowyard worker --db`` (SKIP LOCKED on the server's database);
-- ``run_nats_worker`` (``services/nats_worker.py``): ``flowyard worker --nats``.
-
-Everything else receives its collaborators ready-made.
-"""
+"""Servers: default mode and server mode, with the NATS bridge when configured."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import socket
-import uuid
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flowyard.adapters.files.local import LocalFileStore, LocalTaskFiles
 from flowyard.adapters.files.lock import DataDirLock
 from flowyard.adapters.sql.database import Database
-from flowyard.adapters.sql.delivery_intake import SqlDeliveryIntake
-from flowyard.adapters.sql.engine import check_schema, make_engine, upgrade
+from flowyard.adapters.sql.engine import make_engine, upgrade
 from flowyard.adapters.sql.retention import SqlRetention
 from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.adapters.sql.user_store import SqlUserStore
 from flowyard.adapters.sql.wakeup import (
-    CANCEL_CHANNEL,
     PgNotifier,
-    PgNotifyWaker,
-    PollWaker,
-    listen_uri,
 )
 from flowyard.adapters.sql.webhook_store import DeliveryRecorder, SqlWebhookStore
 from flowyard.adapters.sql.work_queue import SqlWorkQueue
 from flowyard.bus.inprocess import EventHub, LocalWaker
 from flowyard.core.errors import ConfigError
-from flowyard.core.ports import Waker, WorkerIdentity
+from flowyard.core.ports import WorkerIdentity
 from flowyard.core.settings import Settings
 from flowyard.flows.device import detect_device, device_resources
 from flowyard.flows.registry import installed_flows
 from flowyard.services.api.urls import output_urls
 from flowyard.services.auth_service import Authenticator
 from flowyard.services.chains import Chainer
-from flowyard.services.components import Components, Loop, Resource
+from flowyard.services.composition.webhooks import webhook_intake
 from flowyard.services.hooks import AfterCommit, Hook, InTransaction, register
 from flowyard.services.retention import Pruner
 from flowyard.services.runtime import Runtime
@@ -56,18 +35,8 @@ from flowyard.services.task_service import TaskService
 from flowyard.services.webhook_dispatcher import WebhookDispatcher
 from flowyard.services.webhook_service import WebhookService
 from flowyard.services.worker import Worker, WorkerOptions
-from flowyard.services.worker_metrics import metered
-from flowyard.services.worker_process import (
-    cancel_from_notify,
-    log_start,
-    select_flows,
-    stop_on_signals,
-    worker_identity,
-    worker_options,
-)
 
 if TYPE_CHECKING:
-    from flowyard.bus.nats.event_subscriber import Take
     from flowyard.services.nats_server import NatsBridge
 
 log = logging.getLogger(__name__)
@@ -220,154 +189,3 @@ def nats_bridge(settings: Settings, db: Database, store: SqlTaskStore) -> NatsBr
     if settings.mode != "server":
         raise ConfigError("--nats needs --mode server (NATS workers serve a server's database)")
     return NatsBridge(settings, db, store)
-
-
-async def run_db_worker(
-    settings: Settings,
-    *,
-    name: str | None,
-    flows: list[str] | None,
-    concurrency: int,
-    owner: str | None,
-) -> None:
-    """``flowyard worker --db``: claim from the server's database until stopped."""
-    if settings.database_uri is None:
-        raise ConfigError("a database worker needs --db URI (the server's database)")
-    if settings.db_uri.startswith("sqlite"):
-        raise ConfigError(
-            "database workers need PostgreSQL or MariaDB, not SQLite; with SQLite run "
-            "'flowyard serve', which runs flows in its own process"
-        )
-    registry = installed_flows()
-    identity = worker_identity(
-        name,
-        select_flows(registry, flows),
-        concurrency,
-        owner,
-        transport="db",
-        device=detect_device(settings.device),
-    )
-    # a connection per slot plus the claim loop, housekeeping and NOTIFY: a smaller pool
-    # overflows, and overflow connections are closed after use (a reconnect per task).
-    # No pre-ping: a worker retries every call, so a dead pooled connection costs one retry.
-    engine = make_engine(settings.db_uri, pool_size=concurrency + 3, pre_ping=False)
-    await check_schema(engine)
-    db = Database(engine)
-    running: list[Worker] = []  # the cancel listener starts before the worker exists
-    waker: Waker
-    notifier: PgNotifier | None = None
-    if db.dialect == "postgresql":
-        notifier = PgNotifier(engine)
-        listener = PgNotifyWaker(
-            listen_uri(engine),
-            settings.poll_interval,
-            payloads=identity.flows,
-            also={CANCEL_CHANNEL: lambda payload: cancel_from_notify(running, payload)},
-        )
-        await listener.start()
-        waker = listener
-    else:
-        waker = PollWaker(settings.poll_interval)
-    register(db, db_worker_hooks(db, settings, notifier))
-    queue = SqlWorkQueue(SqlTaskStore(db), waker, lease_seconds=settings.lease_seconds)
-    counted, serve_metrics = metered(queue, settings.metrics_port, settings.metrics_host)
-    worker = Worker(
-        identity,
-        counted,
-        LocalTaskFiles(settings.tasks_dir),
-        registry,
-        worker_options(settings),
-        maintenance=queue.reap,
-    )
-    running.append(worker)
-    stop_on_signals(worker)
-    if serve_metrics is not None:
-        serve_metrics()
-    log_start(identity, engine.url.render_as_string(hide_password=True))
-    try:
-        await worker.run()
-    finally:
-        if notifier is not None:
-            await notifier.close()
-        await db.close()
-
-
-def db_worker_hooks(
-    db: Database, settings: Settings, notifier: PgNotifier | None
-) -> Sequence[Hook | None]:
-    """A database worker's writes: its events create their webhook deliveries, and on
-    PostgreSQL requeues wake other workers and its events wake the server's tailer."""
-    return [
-        InTransaction(
-            "webhook delivery rows, one per matching subscription",
-            DeliveryRecorder(db.dialect, output_urls(settings.public_url)),
-        ),
-        InTransaction("NOTIFY workers and the server's tailer", notifier) if notifier else None,
-        AfterCommit("the trailing NOTIFY a debounced write owes", notifier.on_commit)
-        if notifier
-        else None,
-    ]
-
-
-def webhook_intake(db: Database, recorder: DeliveryRecorder, dispatcher: WebhookDispatcher) -> Take:
-    """What the event stream's webhook subscriber calls: rows from the record, then send."""
-    intake = SqlDeliveryIntake(db, recorder)
-
-    async def take(event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        taken = await intake.take(event_ids)
-        if taken:
-            dispatcher.wake()
-        return taken
-
-    return take
-
-
-async def run_webhook_dispatcher(settings: Settings) -> None:
-    """``flowyard webhooks dispatch``: send deliveries beside the server, as many as wanted.
-
-    Deliveries are claimed with SKIP LOCKED, so processes share them. With NATS the
-    processes also share the event stream's webhook consumer and make the delivery
-    rows; without it the server's and workers' writes make them.
-    """
-    if settings.database_uri is None or settings.db_uri.startswith("sqlite"):
-        raise ConfigError(
-            "a webhook dispatcher needs --db with the server's PostgreSQL or MariaDB database"
-        )
-    engine = make_engine(settings.db_uri, pool_size=4, pre_ping=False)
-    await check_schema(engine)
-    db = Database(engine)
-    recorder = DeliveryRecorder(db.dialect, output_urls(settings.public_url))
-    dispatcher = WebhookDispatcher(SqlWebhookStore(db), recorder, settings)
-    parts = Components()
-    parts.adopt(Resource("database", db.close))
-    loops: list[Loop] = [Loop("webhooks", dispatcher.run)]
-    if settings.nats_url:
-        from flowyard.bus.nats.broker import NatsAuth, connection, make_broker
-        from flowyard.bus.nats.event_subscriber import (
-            WEBHOOK_CONSUMER,
-            EventSubscriber,
-            subscriber_config,
-        )
-
-        broker = make_broker(
-            settings.nats_url, NatsAuth.from_settings(settings), name="flowyard-webhooks"
-        )
-        client, js = await connection(broker)
-        parts.adopt(Resource("NATS", broker.stop))
-        config = subscriber_config(WEBHOOK_CONSUMER, "flowyard webhook intake")
-        subscriber = EventSubscriber(client, js, config, webhook_intake(db, recorder, dispatcher))
-        loops.append(Loop("webhook intake", subscriber.run))
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    log.info(
-        "webhook dispatcher on %s%s",
-        engine.url.render_as_string(hide_password=True),
-        f", events from {settings.nats_url}" if settings.nats_url else "",
-    )
-    try:
-        await parts.start(loops)
-        await stopped.wait()
-    finally:
-        await parts.stop()

@@ -1,10 +1,4 @@
-"""A worker process that reaches only NATS: no database, no shared folder.
-
-The same ``Worker`` as everywhere, given a ``NatsWorkQueue`` (work from
-JetStream, events back to it) and ``NatsTaskFiles`` (inputs and outputs through
-the owner's object store bucket, in a private temp folder that is removed after
-each attempt). Its lease is JetStream's ack wait, so FLOWYARD_LEASE_SECONDS must
-match the server's (it configures the consumers); a mismatch is logged.
+"""A NATS worker's login: whose tasks it may take, and stopping when NATS refuses it.
 
 A worker that logs in (a user and password, or an API token) first asks the
 server whose tasks its NATS user may take (``resolve_owner``): an admin's
@@ -18,8 +12,6 @@ check only makes their answer visible.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Sequence
@@ -35,99 +27,23 @@ from flowyard.bus.nats.broker import (
     RECONNECT_WAIT,
     TRANSIENT,
     NatsAuth,
-    connection,
-    make_broker,
     nats_errors,
 )
-from flowyard.bus.nats.object_store import NatsTaskFiles
 from flowyard.bus.nats.streams import work_consumer, work_stream
 from flowyard.bus.nats.subjects import cancel_subject, owner_filter, token, wake_subject
-from flowyard.bus.nats.work_queue import NatsWorkQueue
-from flowyard.bus.nats.worker_protocol import NATS_LEASES
 from flowyard.core.errors import ConfigError, Forbidden, Unauthenticated, Unavailable
 from flowyard.core.identity import Role
-from flowyard.core.settings import Settings
-from flowyard.flows.device import detect_device
-from flowyard.flows.registry import installed_flows
 from flowyard.services.worker import Worker
-from flowyard.services.worker_metrics import metered
-from flowyard.services.worker_process import (
-    log_start,
-    select_flows,
-    stop_on_signals,
-    worker_identity,
-    worker_options,
-)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PERMISSIONS_VIOLATION = "permissions violation"
 
-__all__ = ["inbox_prefix", "resolve_owner", "run_nats_worker"]
+__all__ = ["check_lease", "inbox_prefix", "resolve_owner", "stop_when_refused", "unless_stopped"]
 
 
-async def run_nats_worker(
-    settings: Settings,
-    *,
-    name: str | None,
-    flows: list[str] | None,
-    concurrency: int,
-    owner: str | None,
-) -> None:
-    if settings.nats_url is None:
-        raise ConfigError("a NATS worker needs --nats nats://HOST:4222")
-    registry = installed_flows()
-    selected = select_flows(registry, flows)
-    auth = NatsAuth.from_settings(settings)
-    log.info("connecting to NATS at %s", settings.nats_url)
-    resolved = await _unless_stopped(resolve_owner(settings.nats_url, auth, owner, selected))
-    if resolved is None:
-        log.info("stopped before NATS could be reached")
-        return
-    owner, inbox = resolved
-    local = worker_identity(
-        name, selected, concurrency, owner, transport="nats", device=detect_device(settings.device)
-    )
-    identity = dataclasses.replace(local, id=NATS_LEASES.worker_id(local.id))
-    broker = make_broker(
-        settings.nats_url, auth, name=f"flowyard-worker {identity.name}", inbox_prefix=inbox
-    )
-    queue = NatsWorkQueue(broker, identity, lease_seconds=settings.lease_seconds)
-    connected = await _unless_stopped(connection(broker))
-    if connected is None:
-        log.info("stopped before NATS could be reached")
-        return
-    client, js = connected
-    await broker.start()
-    await queue.start(client, js)
-    await _check_lease(js, owner, identity.flows, settings.lease_seconds)
-    files = NatsTaskFiles(js, abandon=queue.abandon)
-    counted, serve_metrics = metered(queue, settings.metrics_port, settings.metrics_host)
-    worker = Worker(identity, counted, files, registry, worker_options(settings))
-    queue.on_cancel = worker.cancel
-    stop_on_signals(worker)
-    if serve_metrics is not None:
-        serve_metrics()
-    log_start(identity, settings.nats_url)
-    refused: list[str] = []
-    watch = asyncio.create_task(_stop_when_refused(client, worker, refused), name="nats-login")
-    try:
-        await worker.run()
-    finally:
-        watch.cancel()
-        await files.close()
-        # a broker whose connection is already gone fails to unsubscribe: nothing to undo
-        with contextlib.suppress(*TRANSIENT, ExceptionGroup):
-            await asyncio.wait_for(broker.stop(), 5.0)
-    if refused:
-        raise ConfigError(
-            f"NATS at {settings.nats_url} no longer accepts user {auth.user!r} ({refused[0]}): "
-            "its token was revoked or its user disabled or changed, and nats-server reloaded"
-        )
-
-
-async def _stop_when_refused(client: Client, worker: Worker, refused: list[str]) -> None:
+async def stop_when_refused(client: Client, worker: Worker, refused: list[str]) -> None:
     """Stop the worker once NATS refuses its login (a reload dropped it): retrying cannot help.
 
     FastStream ends nats-py's reconnect loop on an authorization violation, so
@@ -143,7 +59,7 @@ async def _stop_when_refused(client: Client, worker: Worker, refused: list[str])
             return
 
 
-async def _unless_stopped(work: Awaitable[T]) -> T | None:
+async def unless_stopped(work: Awaitable[T]) -> T | None:
     """Wait for ``work`` (connecting, retrying while NATS is down); SIGTERM meanwhile: None."""
     loop = asyncio.get_running_loop()
     attempt = asyncio.ensure_future(work)
@@ -161,7 +77,7 @@ async def _unless_stopped(work: Awaitable[T]) -> T | None:
             loop.remove_signal_handler(sig)
 
 
-async def _check_lease(
+async def check_lease(
     js: JetStreamContext, owner: str | None, flows: tuple[str, ...], lease_seconds: float
 ) -> None:
     """Warn when the server configured another ack wait than our heartbeats assume."""
