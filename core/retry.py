@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from flowyard.core.errors import DoNotRetry, FlowCancelled
 from flowyard.core.events import TaskRequeued
-from flowyard.core.task import Task, TaskState
+from flowyard.core.task import Task, TaskState, event_for
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,9 @@ def after_failure(
         return None
     seconds = policy.delay(task.attempt, draw())
     not_before = now + timedelta(seconds=seconds)
-    return TaskRequeued(
-        task_id=task.id,
-        flow=task.flow,
-        owner=task.owner,
-        attempt=task.attempt,
+    return event_for(
+        task,
+        TaskRequeued,
         at=now,
         reason=(
             f"attempt {task.attempt} of {task.max_attempts} failed ({message}); "

@@ -12,6 +12,7 @@ import typer
 
 from flowyard.core.errors import ConfigError
 from flowyard.core.settings import Settings
+from flowyard.services.cli.options import ConfigOption, SetOption
 from flowyard.services.config import load_settings_traced, parse_assignments
 from flowyard.services.config_docs import is_secret, plain, render_markdown, render_yaml
 
@@ -20,12 +21,6 @@ config_app = typer.Typer(
     help="Write a commented settings file, show the effective settings, or document them.",
 )
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", metavar="KEY=VALUE", help="A setting, e.g. --set port=8300 (repeatable)."
-    ),
-]
 MASK = "********"
 _URI_PASSWORD = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
 
@@ -69,9 +64,7 @@ def _validated(given: dict[str, Any]) -> Settings:
 
 @config_app.command("show")
 def show(
-    config: Annotated[
-        Path | None, typer.Option(help="YAML settings file (or FLOWYARD_CONFIG).")
-    ] = None,
+    config: ConfigOption = None,
     assignments: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:

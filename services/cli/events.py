@@ -35,6 +35,7 @@ from flowyard.core.settings import Settings
 from flowyard.services.cli.aio import async_command
 from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, connect
 from flowyard.services.cli.credentials import TokenOption, UserOption
+from flowyard.services.cli.options import ConfigOption
 from flowyard.services.cli.output import err_console, print_json_line
 from flowyard.services.config import load_settings
 
@@ -156,7 +157,7 @@ async def replay_events(
         str | None,
         typer.Option("--nats", help="Read the JetStream event stream (or FLOWYARD_NATS_URL)."),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Read the event log: print it, re-deliver it to a webhook, or rebuild and diff tasks."""
     settings = load_settings(config, database_uri=db, data_dir=data_dir, nats_url=nats_url)

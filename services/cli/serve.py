@@ -14,6 +14,13 @@ from flowyard.core.errors import ConfigError
 from flowyard.core.settings import Mode, Settings
 from flowyard.services.api.app import create_app
 from flowyard.services.cli.aio import async_command
+from flowyard.services.cli.options import (
+    ConfigOption,
+    NatsCredsOption,
+    NatsPasswordOption,
+    NatsUserOption,
+    SetOption,
+)
 from flowyard.services.config import load_settings
 from flowyard.services.runtime import Runtime
 
@@ -62,9 +69,7 @@ async def serve_command(
     files: Annotated[
         Path | None, typer.Option("--files", help="Tasks folder (default DATA_DIR/files).")
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML settings file (or FLOWYARD_CONFIG).")
-    ] = None,
+    config: ConfigOption = None,
     lease_seconds: Annotated[
         float | None, typer.Option("--lease-seconds", help="Lease of a claimed task.")
     ] = None,
@@ -72,25 +77,10 @@ async def serve_command(
         str | None,
         typer.Option("--nats", help="NATS server for LAN workers (nats://host:4222; server mode)."),
     ] = None,
-    nats_user: Annotated[
-        str | None, typer.Option("--nats-user", help="Log in to NATS as this user.")
-    ] = None,
-    nats_password: Annotated[
-        str | None,
-        typer.Option("--nats-password", help="NATS password (shows in ps: prefer the env)."),
-    ] = None,
-    nats_creds: Annotated[
-        Path | None,
-        typer.Option("--nats-creds", help="NATS credentials file (JWT + nkey seed)."),
-    ] = None,
-    assignments: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Any setting (docs/configuration.md), e.g. --set max_attempts=5; repeatable.",
-        ),
-    ] = None,
+    nats_user: NatsUserOption = None,
+    nats_password: NatsPasswordOption = None,
+    nats_creds: NatsCredsOption = None,
+    assignments: SetOption = None,
 ) -> None:
     """Serve the HTTP API and web UI; in default mode also run flows, on SQLite."""
     settings = load_settings(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +14,13 @@ from flowyard.core.errors import InvalidInput
 from flowyard.services.cli.aio import async_command
 from flowyard.services.cli.connect import DEFAULT_SERVER, ServerOption, connect
 from flowyard.services.cli.credentials import TokenOption, UserOption
+from flowyard.services.cli.options import (
+    ConfigOption,
+    NatsCredsOption,
+    NatsPasswordOption,
+    NatsUserOption,
+    SetOption,
+)
 from flowyard.services.cli.output import console, err_console, print_json_line, short_time, truncate
 from flowyard.services.client import DeliveryOut
 
@@ -213,20 +219,11 @@ async def dispatch_webhooks(
         str | None,
         typer.Option("--nats", help="NATS server: take events from the stream (nats://host:4222)."),
     ] = None,
-    nats_user: Annotated[
-        str | None, typer.Option("--nats-user", help="Log in to NATS as this user.")
-    ] = None,
-    nats_password: Annotated[
-        str | None,
-        typer.Option("--nats-password", help="NATS password (shows in ps: prefer the env)."),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML settings file (or FLOWYARD_CONFIG).")
-    ] = None,
-    assignments: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="KEY=VALUE", help="Any setting; repeatable."),
-    ] = None,
+    nats_user: NatsUserOption = None,
+    nats_password: NatsPasswordOption = None,
+    nats_creds: NatsCredsOption = None,
+    config: ConfigOption = None,
+    assignments: SetOption = None,
 ) -> None:
     """Send webhook deliveries beside the server (run as many as needed).
 
@@ -245,6 +242,7 @@ async def dispatch_webhooks(
         nats_url=nats,
         nats_user=nats_user,
         nats_password=nats_password,
+        nats_creds=nats_creds,
     )
     configure_logging(settings)
     await run_webhook_dispatcher(settings)

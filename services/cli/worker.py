@@ -23,6 +23,7 @@ import typer
 
 from flowyard.core.errors import ConfigError
 from flowyard.core.identity import TOKEN_PREFIX, token_id_of
+from flowyard.services.cli.options import ConfigOption, NatsCredsOption, NatsUserOption, SetOption
 from flowyard.services.config import load_settings
 from flowyard.services.logs import configure_logging
 
@@ -129,14 +130,12 @@ def worker_command(
             help="Longest idle poll in seconds (MariaDB; the fallback under LISTEN on PostgreSQL).",
         ),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
+    config: ConfigOption = None,
     nats: Annotated[
         str | None,
         typer.Option("--nats", help="Take work over NATS instead (nats://host:4222; LAN workers)."),
     ] = None,
-    user: Annotated[
-        str | None, typer.Option("--nats-user", help="Log in to NATS as this flowyard user.")
-    ] = None,
+    user: NatsUserOption = None,
     password: Annotated[
         str | None,
         typer.Option(
@@ -159,18 +158,8 @@ def worker_command(
             help="Log in to NATS with this API token (or FLOWYARD_TOKEN, FLOWYARD_WORKER_AUTH).",
         ),
     ] = None,
-    creds: Annotated[
-        Path | None,
-        typer.Option("--nats-creds", help="NATS credentials file (JWT + nkey seed)."),
-    ] = None,
-    assignments: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Any setting (docs/configuration.md), e.g. --set device=cpu; repeatable.",
-        ),
-    ] = None,
+    creds: NatsCredsOption = None,
+    assignments: SetOption = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
