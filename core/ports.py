@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from flowyard.core.errors import LeaseLost
 from flowyard.core.events import Event, FileRef, TaskCreated, TaskDone, TaskProgress, TaskRequeued
 from flowyard.core.flow import Flow
 from flowyard.core.identity import ApiToken, Role, TokenKind, User
@@ -235,6 +236,13 @@ class WorkQueue(Protocol):
         the attempt too: the next one is dispatched when it is due. A stale attempt's
         report raises ``LeaseLost``.
         """
+        ...
+
+    async def report_many(
+        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
+    ) -> list[LeaseLost | None]:
+        """Record several attempts' ends at once (one transaction where the store allows);
+        each is refused alone: its ``LeaseLost`` stands in its place, ``None`` if recorded."""
         ...
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:

@@ -35,6 +35,7 @@ from flowyard.core.flow import BatchItem, Flow, run_items
 from flowyard.core.ports import AttemptFiles, FlowSource, TaskFiles, WorkerIdentity, WorkQueue
 from flowyard.core.retry import after_failure
 from flowyard.core.task import Task, event_for
+from flowyard.services.completer import Completer
 from flowyard.services.run_context import RunContext
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class AttemptRunner:
         self.flows = flows
         self.options = options
         self.concluded = concluded
+        self.completer = Completer(queue, identity)
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, identity.concurrency), thread_name_prefix="flow"
         )
@@ -158,8 +160,7 @@ class AttemptRunner:
             log.warning("task %s attempt %d was taken away; result dropped", task.id, task.attempt)
         elif again is not None:
             log.info("task %s: %s", task.id, again.reason)
-            requeue = again
-            await retrying(lambda: self.queue.report(self.identity, requeue), "report retry")
+            await self.completer.report(again)
         else:
             await self.finish(task, status, error=error, outputs=outputs)
         self.concluded(task.id)
@@ -193,7 +194,7 @@ class AttemptRunner:
         done = event_for(
             task, TaskDone, status=status, error=error, outputs=outputs, worker_id=self.identity.id
         )
-        await retrying(lambda: self.queue.report(self.identity, done), "report result")
+        await self.completer.report(done)
 
     async def _heartbeats(self, task: Task, ctx: RunContext) -> None:
         while True:

@@ -187,6 +187,7 @@ class Worker:
                     job.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
         self._runner.pool.shutdown(wait=False, cancel_futures=True)
+        await self._runner.completer.settle(within=self.options.grace_seconds)
         await self.queue.close()
 
     async def _execute(self, batch: list[Task]) -> None:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flowyard.core.errors import ConfigError
+from flowyard.core.errors import ConfigError, LeaseLost
 from flowyard.core.events import TaskDone, TaskProgress, TaskRequeued, utcnow
 from flowyard.core.ports import Heartbeat, WorkerIdentity, WorkQueue
 from flowyard.core.task import Task
@@ -120,6 +120,15 @@ class MeteredWorkQueue:
         await self.inner.report(worker, event)
         if isinstance(event, TaskDone):
             self.metrics.on_done(event)
+
+    async def report_many(
+        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
+    ) -> list[LeaseLost | None]:
+        outcomes = await self.inner.report_many(worker, events)
+        for event, refused in zip(events, outcomes, strict=True):
+            if refused is None and isinstance(event, TaskDone):
+                self.metrics.on_done(event)
+        return outcomes
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         await self.inner.release(worker, task, reason)

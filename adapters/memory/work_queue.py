@@ -31,6 +31,7 @@ from flowyard.core.events import (
     utcnow,
 )
 from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.results import each_reported
 from flowyard.core.task import Task, TaskState, event_for, lease_expired
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,11 @@ class MemoryWorkQueue:
             await self.store.record(event)
         except REFUSED as exc:
             raise LeaseLost(f"result of task {event.task_id} refused: {exc.message}") from exc
+
+    async def report_many(
+        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
+    ) -> list[LeaseLost | None]:
+        return await each_reported(lambda event: self.report(worker, event), events)
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         try:

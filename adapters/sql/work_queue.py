@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -127,6 +128,23 @@ class SqlWorkQueue:
                 await record_in(tx, event)
         except (StaleAttempt, IllegalTransition, TaskFinished) as exc:
             raise LeaseLost(f"result of task {event.task_id} refused: {exc.message}") from exc
+
+    async def report_many(
+        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
+    ) -> list[LeaseLost | None]:
+        """One transaction for all; rows locked in task-id order (no deadlock between
+        two workers' batches). A refusal is raised by ``apply`` before anything of its
+        event is written, so the others still commit."""
+        outcomes: dict[uuid.UUID, LeaseLost | None] = {}
+        async with self.db.write() as tx:
+            for event in sorted(events, key=lambda e: e.task_id):
+                try:
+                    await record_in(tx, event)
+                    outcomes[event.id] = None
+                except (StaleAttempt, IllegalTransition, TaskFinished) as exc:
+                    refused = f"result of task {event.task_id} refused: {exc.message}"
+                    outcomes[event.id] = LeaseLost(refused)
+        return [outcomes[event.id] for event in events]
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         event = event_for(task, TaskRequeued, reason=reason)

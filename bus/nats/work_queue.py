@@ -65,6 +65,7 @@ from flowyard.core.events import (
     utcnow,
 )
 from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.results import each_reported
 from flowyard.core.task import Task, TaskState, event_for
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,12 @@ class NatsWorkQueue:
                 # redelivered later if this fails, and refused then: the task is done
                 with best_effort(f"ack of task {event.task_id}", log_to=log, level=logging.WARNING):
                     await held.msg.ack()
+
+    async def report_many(
+        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
+    ) -> list[LeaseLost | None]:
+        """Published in order, each acked after its own PubAck (the server folds them)."""
+        return await each_reported(lambda event: self.report(worker, event), events)
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         held = self._held.pop(task.id, None)

@@ -112,3 +112,22 @@ async def test_wait_for_work_is_woken_by_a_new_task(ports: Ports) -> None:
     await asyncio.wait_for(waiting, 5)
     assert asyncio.get_running_loop().time() - started < 5
     assert len(await ports.queue.claim(worker(), 1)) == 1
+
+
+async def test_report_many_records_each_and_refuses_only_the_stale_one(ports: Ports) -> None:
+    for _ in range(4):
+        await ports.create()
+    w1, w2 = worker("w1"), worker("w2")
+    first, *others = await ports.queue.claim(w1, 4)
+    await ports.queue.release(w1, first, "lost")
+    (taken_over,) = await ports.queue.claim(w2, 1)
+    assert taken_over.id == first.id
+    events = [event_for(t, TaskDone, status="succeeded", worker_id=w1.id) for t in [first, *others]]
+    outcomes = await ports.queue.report_many(w1, events)
+    assert isinstance(outcomes[0], LeaseLost)
+    assert outcomes[1:] == [None, None, None]
+    assert (await ports.store.get(first.id)).state is TaskState.running  # w2's attempt stands
+    for task in others:
+        assert (await ports.store.get(task.id)).state is TaskState.succeeded
+    again = await ports.queue.report_many(w1, events[1:])  # the same events: no change
+    assert again == [None, None, None]

@@ -1,0 +1,100 @@
+"""Where a database worker's CPU goes: one in-process worker drains no-op tasks under cProfile.
+
+    .venv/bin/python bench/profile_db_worker.py [--tasks 600] [--concurrency 4] [--top 30]
+
+Starts a throwaway PostgreSQL, commits ``--tasks`` ``debug.sleep`` tasks (seconds=0),
+then runs the same ``Worker`` on ``SqlWorkQueue`` that ``flowyard worker --db`` runs,
+in this process, and prints the drain rate and the functions with the most
+cumulative and own time. A tool for finding the next lever, not a benchmark to
+quote (``bench/db_queue.py`` is that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.db_queue import commit_tasks, prepare_tasks  # noqa: E402
+from flowyard.adapters.files.local import LocalTaskFiles  # noqa: E402
+from flowyard.adapters.sql.database import Database  # noqa: E402
+from flowyard.adapters.sql.engine import make_engine, upgrade  # noqa: E402
+from flowyard.adapters.sql.task_store import SqlTaskStore  # noqa: E402
+from flowyard.adapters.sql.wakeup import PollWaker  # noqa: E402
+from flowyard.adapters.sql.work_queue import SqlWorkQueue  # noqa: E402
+from flowyard.core.settings import Settings  # noqa: E402
+from flowyard.flows.registry import installed_flows  # noqa: E402
+from flowyard.services.worker import Worker  # noqa: E402
+from flowyard.services.worker_process import worker_identity, worker_options  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
+
+
+async def drain(
+    uri: str, files: Path, tasks: int, concurrency: int
+) -> tuple[float, cProfile.Profile]:
+    engine = make_engine(uri, pool_size=concurrency + 3, pre_ping=False)
+    await upgrade(engine)
+    created = await prepare_tasks(files, tasks)
+    await commit_tasks(uri, created)
+    db = Database(engine)
+    settings = Settings(mode="server", database_uri=uri, files_dir=files, poll_interval=0.05)
+    queue = SqlWorkQueue(SqlTaskStore(db), PollWaker(0.05), lease_seconds=30)
+    registry = installed_flows()
+    identity = worker_identity("profiled", ("debug.sleep",), concurrency, None, "db")
+    worker = Worker(identity, queue, LocalTaskFiles(files), registry, worker_options(settings))
+    profile = cProfile.Profile()
+
+    async def stop_when_drained() -> None:
+        unfinished = sa.text("SELECT count(*) FROM tasks WHERE state IN ('queued', 'running')")
+        while True:
+            async with db.read() as conn:
+                if (await conn.scalar(unfinished)) == 0:
+                    break
+            await asyncio.sleep(0.05)
+        worker.stop()
+
+    started = time.perf_counter()
+    profile.enable()
+    await asyncio.gather(worker.run(), stop_when_drained())
+    profile.disable()
+    elapsed = time.perf_counter() - started
+    await db.close()
+    return tasks / elapsed, profile
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flowyard-profile-") as tmp:
+        cluster = PostgresCluster(Path(tmp) / "pg")
+        cluster.start()
+        try:
+            cluster.create_database("bench")
+            files = Path(tmp) / "files"
+            files.mkdir()
+            rate, profile = asyncio.run(
+                drain(cluster.uri("bench"), files, args.tasks, args.concurrency)
+            )
+        finally:
+            cluster.stop(timeout=10)
+    print(f"drained {args.tasks} tasks at {rate:.0f} tasks/s (one process, under cProfile)")
+    stats = pstats.Stats(profile).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(args.top)
+    stats.sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
