@@ -33,7 +33,15 @@ from flowyard.core.events import Event, FileRef, TaskCreated, TaskDone, TaskProg
 from flowyard.core.flow import Flow
 from flowyard.core.identity import ApiToken, Role, TokenKind, User
 from flowyard.core.task import Task, TaskState
-from flowyard.core.webhook import DeliveryStatus, Outcome, RetryPolicy, Subscription
+from flowyard.core.webhook import (
+    AttemptRecord,
+    AttemptResult,
+    Delivery,
+    DeliveryStatus,
+    Outcome,
+    RetryPolicy,
+    Subscription,
+)
 
 # -- values the ports exchange ------------------------------------------------
 
@@ -68,42 +76,6 @@ class AttemptFiles:
     outputs: Path
     scratch: Path
     produced: list[FileRef] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One event on its way to one subscription."""
-
-    id: int
-    webhook_id: uuid.UUID
-    event_id: uuid.UUID
-    event_type: str
-    task_id: uuid.UUID
-    body: str
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_at: datetime
-    created_at: datetime
-    delivered_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    delivery_id: int
-    at: datetime
-    status_code: int | None
-    error: str | None
-    duration_ms: int
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one attempt did to its delivery and subscription (for logs and tests)."""
-
-    status: DeliveryStatus
-    disabled_reason: str | None = None
 
 
 @dataclass

@@ -187,3 +187,39 @@ def _output(task_id: uuid.UUID, ref: FileRef, output_url: OutputUrl | None) -> d
     if output_url is not None:
         listed["url"] = output_url(task_id, ref.name)
     return listed
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one subscription."""
+
+    id: int
+    webhook_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    task_id: uuid.UUID
+    body: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    delivery_id: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one attempt did to its delivery and subscription (for logs and tests)."""
+
+    status: DeliveryStatus
+    disabled_reason: str | None = None

@@ -26,9 +26,9 @@ from flowyard.adapters.webhook_guard import check_target
 from flowyard.adapters.webhook_sender import Attempt, send
 from flowyard.core.errors import InvalidInput, Unavailable
 from flowyard.core.events import Event, utcnow
-from flowyard.core.ports import Delivery, DeliveryQueue, SubscriptionCache
+from flowyard.core.ports import DeliveryQueue, SubscriptionCache
 from flowyard.core.settings import Settings
-from flowyard.core.webhook import Outcome, RetryPolicy, Subscription, outcome
+from flowyard.core.webhook import Delivery, Outcome, RetryPolicy, Subscription, outcome
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,16 @@ from flowyard.adapters.webhook_guard import check_target
 from flowyard.adapters.webhook_sender import generate_secret, parse_secret
 from flowyard.core.errors import WebhookNotFound
 from flowyard.core.identity import Principal
-from flowyard.core.ports import AttemptRecord, Delivery, SubscriptionCache, WebhookStore
+from flowyard.core.ports import SubscriptionCache, WebhookStore
 from flowyard.core.settings import Settings
-from flowyard.core.webhook import DeliveryStatus, Subscription, check_event_types, check_flows
+from flowyard.core.webhook import (
+    AttemptRecord,
+    Delivery,
+    DeliveryStatus,
+    Subscription,
+    check_event_types,
+    check_flows,
+)
 from flowyard.services.api.urls import output_urls
 
 

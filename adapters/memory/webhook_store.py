@@ -17,8 +17,10 @@ from datetime import datetime, timedelta
 
 from flowyard.core.errors import WebhookNotFound
 from flowyard.core.events import Event, utcnow
-from flowyard.core.ports import AttemptRecord, AttemptResult, Delivery
 from flowyard.core.webhook import (
+    AttemptRecord,
+    AttemptResult,
+    Delivery,
     DeliveryStatus,
     Outcome,
     OutputUrl,

@@ -28,8 +28,9 @@ from flowyard.adapters.sql.webhook_rows import (
     subscription_from_row,
 )
 from flowyard.core.events import Event, utcnow
-from flowyard.core.ports import AttemptResult, Delivery
 from flowyard.core.webhook import (
+    AttemptResult,
+    Delivery,
     DeliveryStatus,
     Outcome,
     OutputUrl,

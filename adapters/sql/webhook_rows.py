@@ -14,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from flowyard.adapters.sql.schema import webhook_attempts, webhook_deliveries, webhooks
 from flowyard.core.errors import WebhookNotFound
 from flowyard.core.events import Event
-from flowyard.core.ports import AttemptRecord, Delivery
-from flowyard.core.webhook import DeliveryStatus, Subscription
+from flowyard.core.webhook import AttemptRecord, Delivery, DeliveryStatus, Subscription
 
 CHUNK = 500
 """Rows per statement when deleting or re-queueing many deliveries."""

@@ -26,8 +26,7 @@ from flowyard.adapters.sql.webhook_rows import (
     subscription_values,
 )
 from flowyard.core.events import utcnow
-from flowyard.core.ports import AttemptRecord, Delivery
-from flowyard.core.webhook import DeliveryStatus, Subscription
+from flowyard.core.webhook import AttemptRecord, Delivery, DeliveryStatus, Subscription
 
 __all__ = ["CACHE_SECONDS", "DeliveryRecorder", "SqlDeliveryQueue", "SqlWebhookStore"]
 

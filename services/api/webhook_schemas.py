@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from flowyard.core.webhook import DeliveryStatus, Subscription
 
 if TYPE_CHECKING:
-    from flowyard.core.ports import AttemptRecord, Delivery
+    from flowyard.core.webhook import AttemptRecord, Delivery
 
 
 class WebhookOut(BaseModel):
