@@ -2,10 +2,8 @@
 
 A subscription belongs to who made it: a user's receives only their own tasks'
 events and is visible only to them (and admins); someone else's is
-``WebhookNotFound``, as a missing one.
-
-``install_webhooks`` is what every process that records events calls once: it
-registers the in-transaction hook that writes delivery rows with their events.
+``WebhookNotFound``, as a missing one. What makes delivery rows is registered by the
+composition root (``services/composition/``).
 """
 
 from __future__ import annotations
@@ -15,8 +13,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flowyard.adapters.sql.database import Database
-from flowyard.adapters.sql.webhook_store import DeliveryRecorder
 from flowyard.adapters.webhook_guard import check_target
 from flowyard.adapters.webhook_sender import generate_secret, parse_secret
 from flowyard.core.errors import WebhookNotFound
@@ -31,14 +27,6 @@ from flowyard.core.webhook import (
     check_event_types,
     check_flows,
 )
-from flowyard.services.api.urls import output_urls
-
-
-def install_webhooks(db: Database, settings: Settings) -> DeliveryRecorder:
-    """Make every event written through ``db`` create its webhook delivery rows atomically."""
-    recorder = DeliveryRecorder(db.dialect, output_urls(settings.public_url))
-    db.in_transaction(recorder)
-    return recorder
 
 
 @dataclass(frozen=True)

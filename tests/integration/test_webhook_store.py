@@ -21,6 +21,7 @@ from alembic import command
 from alembic.config import Config
 
 from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.delivery_recorder import DeliveryRecorder
 from flowyard.adapters.sql.engine import MIGRATIONS, make_engine, upgrade
 from flowyard.adapters.sql.schema import webhook_deliveries
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events
@@ -31,8 +32,10 @@ from flowyard.core.events import TaskClaimed, TaskCreated, TaskDone, TaskProgres
 from flowyard.core.identity import Principal, Role
 from flowyard.core.settings import Settings
 from flowyard.core.webhook import DeliveryStatus, Outcome, RetryPolicy, Subscription
+from flowyard.services.api.urls import output_urls
+from flowyard.services.hooks import InTransaction, register
 from flowyard.services.webhook_dispatcher import WebhookDispatcher
-from flowyard.services.webhook_service import NewWebhook, WebhookService, install_webhooks
+from flowyard.services.webhook_service import NewWebhook, WebhookService
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,7 +65,8 @@ async def open_stores(uri: str, config: Settings) -> Stores:
     engine = make_engine(uri, pool_size=4)
     await upgrade(engine)
     db = Database(engine)
-    recorder = install_webhooks(db, config)
+    recorder = DeliveryRecorder(db.dialect, output_urls(config.public_url))
+    register(db, [InTransaction("webhook delivery rows", recorder)])
     return Stores(db, SqlTaskStore(db), WebhookService(SqlWebhookStore(db), recorder, config))
 
 
