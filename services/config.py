@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource
 
 from flowyard.core.errors import ConfigError
-from flowyard.core.settings import Settings, expand_env, file_source
+from flowyard.core.settings import Settings
+from flowyard.core.settings_file import expand_env, file_source
 
 ENV_PREFIX = "FLOWYARD_"
 ENV_FILE_VARIABLE = "FLOWYARD_ENV_FILE"

@@ -8,7 +8,8 @@ import pytest
 
 from flowyard.core.errors import ConfigError, UnsafeFileName
 from flowyard.core.files import safe_file_name
-from flowyard.core.settings import Settings, expand_env, normalise_database_uri
+from flowyard.core.settings import Settings, normalise_database_uri
+from flowyard.core.settings_file import expand_env
 from flowyard.services.config import load_settings
 
 
