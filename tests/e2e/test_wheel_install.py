@@ -74,6 +74,7 @@ def test_installs_beside_a_top_level_adapters_package(wheel: Path, tmp_path: Pat
     run(*pip, wheel, cwd=tmp_path)
     probe = (
         "import adapters, flowyard.adapters.sql.engine as e, flowyard.core.task;"
+        "import flowyard.services.composition.server, flowyard.services.api.app;"
         "print(adapters.OWNER); print(e.__file__)"
     )
     out = run(python, "-c", probe, cwd=tmp_path).splitlines()
