@@ -6,6 +6,7 @@ once complete (no half file under the real name), and events are decoded one by 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import suppress
@@ -22,6 +23,7 @@ from flowyard.core.events import Event, parse_event
 from flowyard.services.client.errors import raise_for_error
 
 CHUNK_SIZE = 1 << 16
+log = logging.getLogger(__name__)
 
 
 def safe_output_name(name: str) -> str:
@@ -57,14 +59,17 @@ def check_event_stream(source: EventSource, server: str) -> None:
 
 
 async def decode_events(source: EventSource) -> AsyncGenerator[Event, None]:
-    """Typed events; keep-alive comments (and id-only messages) carry no data."""
+    """Typed events; keep-alive comments (and id-only messages) carry no data.
+
+    An event this client cannot read (a type or schema version of a newer server) is
+    skipped with a warning: the stream goes on.
+    """
     async for message in source.aiter_sse():
         if not message.data:
             continue
         try:
             event = parse_event(message.data)
-        except (ValidationError, ValueError) as exc:
-            raise FlowyardError(
-                f"undecodable event from the server: {message.data[:80]!r}"
-            ) from exc
+        except (ValidationError, ValueError):
+            log.warning("skipped an event this client cannot read: %.80s", message.data)
+            continue
         yield event

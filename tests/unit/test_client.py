@@ -5,13 +5,19 @@ No server runs here: ``httpx.MockTransport`` answers as the routes do.
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import httpx
 import pytest
+from httpx_sse import EventSource
 
 from flowyard.core.errors import FlowyardError, Unauthenticated
+from flowyard.core.events import TaskCreated
 from flowyard.services.api.schemas import WorkerOut
 from flowyard.services.api.status import STATUS
 from flowyard.services.client import Client, error_from_response
+from flowyard.services.client.streams import decode_events
 
 SERVER = "http://flowyard.test"
 
@@ -50,3 +56,24 @@ async def test_without_a_hook_a_401_keeps_the_servers_words() -> None:
     async with Client(SERVER, transport=transport) as api:
         with pytest.raises(Unauthenticated, match=r"^sign in first$"):
             await api.me()
+
+
+async def test_the_event_stream_skips_what_this_client_cannot_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A newer server's event type must not end an older client's stream."""
+    known = TaskCreated(task_id=uuid.uuid4(), flow="debug.sleep")
+    unknown = known.model_dump(mode="json") | {"type": "task.teleported"}
+    body = f"data: {json.dumps(unknown)}\n\n: keep-alive\n\ndata: {known.to_json()}\n\n"
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+
+    url = "http://flowyard/api/events/stream"
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http,
+        http.stream("GET", url) as response,
+    ):
+        events = [event async for event in decode_events(EventSource(response))]
+    assert events == [known]
+    assert "cannot read" in caplog.text
