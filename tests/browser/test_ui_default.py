@@ -289,6 +289,7 @@ def test_change_the_priority_of_a_queued_task_in_the_queue(
         row = page.locator(f"tr[data-id='{queued['id']}']")
         expect(row.locator(".badge")).to_have_text("queued")
         expect(page.locator("tr[data-state=running]")).to_have_count(2)
+        expect(page.locator("#live")).to_have_text("live")  # the stream's first reload is done
         priority = row.get_by_label(f"Priority of task {queued['id'][:8]}")
         priority.fill("7")
         row.get_by_role("button", name="Set priority").click()

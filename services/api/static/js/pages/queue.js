@@ -125,14 +125,26 @@ export async function queuePage(ctx) {
     return tr;
   }
 
+  // A row is rebuilt when its task changes or the list reloads: what the user was
+  // typing into it (a new priority) and where the focus was go over to the new row.
+  function carryEdits(old, fresh) {
+    for (const input of old.querySelectorAll("[data-focus] input")) {
+      const key = input.closest("[data-focus]").dataset.focus;
+      const target = fresh.querySelector(`[data-focus="${key}"] input`);
+      if (target && input.value !== input.defaultValue) target.value = input.value;
+    }
+    const focusKey = old.contains(document.activeElement) ? document.activeElement.closest("[data-focus]")?.dataset.focus : null;
+    return () => { if (focusKey) fresh.querySelector(`[data-focus="${focusKey}"] input`)?.focus(); };
+  }
+
   function update(task) {
     const old = rows.get(task.id);
     const fresh = row(task);
     rows.set(task.id, fresh);
     if (old) {
-      const focusKey = old.contains(document.activeElement) ? document.activeElement.closest("[data-focus]")?.dataset.focus : null;
+      const refocus = carryEdits(old, fresh);
       old.replaceWith(fresh);
-      if (focusKey) fresh.querySelector(`[data-focus="${focusKey}"] input`)?.focus();
+      refocus();
     }
   }
 
@@ -147,12 +159,17 @@ export async function queuePage(ctx) {
     for (const [key, value] of Object.entries(filters)) if (value) params.set(key, value);
     const result = await api(`/api/tasks?${params}`);
     if (!ctx.alive()) return;
+    const before = new Map(rows);
+    const refocus = [];
     rows.clear();
     fill(tbody, ...result.items.map((task) => {
       const tr = row(task);
+      const old = before.get(task.id);
+      if (old) refocus.push(carryEdits(old, tr));
       rows.set(task.id, tr);
       return tr;
     }));
+    for (const focus of refocus) focus();
     const filtered = filters.state || filters.flow || filters.owner;
     if (!result.items.length) {
       fill(list, page > 1
