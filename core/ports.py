@@ -76,6 +76,10 @@ class AttemptFiles:
     outputs: Path
     scratch: Path
     produced: list[FileRef] = field(default_factory=list)
+    made: bool = False
+    """``outputs`` and ``scratch`` exist and hold only this attempt's files. The flow's
+    context makes them on first use, in the flow's thread: a flow that writes no file
+    costs no folder and no trip to a thread (``services/run_context.py``)."""
 
 
 @dataclass

@@ -295,6 +295,13 @@ def _done(task: Task, event: TaskDone) -> Task:
         )
     if task.state is TaskState.queued and event.status == "succeeded":
         raise IllegalTransition("a queued task cannot succeed without being claimed")
+    return task.model_copy(update=done_update(event))
+
+
+def done_update(event: TaskDone) -> dict[str, Any]:
+    """The fields a result sets on its task. They depend on the event alone, so a store
+    can write a worker's result without reading the row first, under the fence
+    ``held_by_worker`` names (the only case in which ``apply`` accepts it)."""
     update: dict[str, Any] = {
         "state": TaskState(event.status),
         "outputs": event.outputs,
@@ -307,7 +314,18 @@ def _done(task: Task, event: TaskDone) -> Task:
         update["progress"] = 1.0
     if event.status == "cancelled":
         update["cancelled_at"] = event.at
-    return task.model_copy(update=update)
+    return update
+
+
+def held_by_worker(task: Task, event: TaskDone) -> bool:
+    """The fence of a worker's result: ``apply`` records it exactly when this holds (or
+    when the task already ended with it, which changes nothing)."""
+    return (
+        event.worker_id is not None
+        and task.state is TaskState.running
+        and task.attempt == event.attempt
+        and task.worker_id == event.worker_id
+    )
 
 
 def rebuild(events: list[Event]) -> Task | None:

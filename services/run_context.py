@@ -3,12 +3,14 @@
 Flows call ``progress`` as often as they like from their thread; only the
 latest value is kept and the worker's reporter sends it at most once per
 ``progress_interval``. Cancellation is a ``threading.Event`` the worker sets
-from the event loop (cancel request, lost lease, shutdown).
+from the event loop (cancel request, lost lease, shutdown). The attempt's output and
+scratch folders are made when the flow first asks for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from pathlib import Path
 
@@ -37,7 +39,7 @@ class RunContext:
 
     @property
     def scratch(self) -> Path:
-        return self._files.scratch
+        return self._folders().scratch
 
     def input(self, name: str) -> Path:
         try:
@@ -46,7 +48,18 @@ class RunContext:
             raise InvalidInput(f"inputs: missing input {name!r}", field="inputs") from None
 
     def output(self, name: str) -> Path:
-        return self._files.outputs / name
+        return self._folders().outputs / name
+
+    def _folders(self) -> AttemptFiles:
+        """The attempt's folders, made on the flow's first use (see ``AttemptFiles.made``)."""
+        files = self._files
+        with self._lock:
+            if not files.made:
+                for folder in (files.outputs, files.scratch):
+                    shutil.rmtree(folder, ignore_errors=True)  # an earlier run of this attempt
+                    folder.mkdir(parents=True)
+                files.made = True
+        return files
 
     def progress(self, fraction: float, message: str = "") -> None:
         with self._lock:

@@ -7,7 +7,8 @@ Layout, the same for the server and for database workers that mount it:
     <root>/<task id>/attempts/<n>/scratch/          (removed after the attempt)
 
 Each attempt writes its own folder, so a worker that lost its lease can never
-overwrite the outputs of the attempt that replaced it.
+overwrite the outputs of the attempt that replaced it. An attempt's folders are
+made when its flow first asks for them (``AttemptFiles.made``).
 """
 
 from __future__ import annotations
@@ -106,14 +107,18 @@ class LocalTaskFiles:
         self.root = root
 
     async def open_attempt(self, task: Task) -> AttemptFiles:
-        # one trip to a thread for all of it: each trip costs a wake-up of the event loop
-        return await asyncio.to_thread(_open_attempt, self.root / str(task.id), task)
+        # A stat per file, here: a trip to a thread (waking it, handing the GIL over and
+        # back) costs more than that. The attempt's folders come on the flow's first use.
+        return _open_attempt(self.root / str(task.id), task)
 
     async def close_attempt(self, task: Task, files: AttemptFiles) -> tuple[FileRef, ...]:
+        if not files.made:  # the flow wrote no file
+            return ()
         return await asyncio.to_thread(_close_attempt, self.root / str(task.id), files)
 
     async def discard_attempt(self, task: Task, files: AttemptFiles) -> None:
-        await asyncio.to_thread(shutil.rmtree, files.scratch, True)
+        if files.made:
+            await asyncio.to_thread(shutil.rmtree, files.scratch, True)
 
 
 def _open_attempt(folder: Path, task: Task) -> AttemptFiles:
@@ -129,11 +134,7 @@ def _open_attempt(folder: Path, task: Task) -> AttemptFiles:
             raise FlowFailed(f"input {ref.name!r} is missing from {folder}")
         inputs[ref.input or ref.name] = path
     attempt = folder / "attempts" / str(task.attempt)
-    outputs, scratch = attempt / "outputs", attempt / "scratch"
-    shutil.rmtree(attempt, ignore_errors=True)
-    outputs.mkdir(parents=True, exist_ok=True)
-    scratch.mkdir(parents=True, exist_ok=True)
-    return AttemptFiles(inputs=inputs, outputs=outputs, scratch=scratch)
+    return AttemptFiles(inputs=inputs, outputs=attempt / "outputs", scratch=attempt / "scratch")
 
 
 def _close_attempt(task_dir: Path, files: AttemptFiles) -> tuple[FileRef, ...]:

@@ -101,7 +101,9 @@ def _lay_out(task: Task, blobs: dict[str, bytes]) -> AttemptFiles:
         inputs[ref.input or ref.name] = path
     (root / "outputs").mkdir()
     (root / "scratch").mkdir()
-    return AttemptFiles(inputs=inputs, outputs=root / "outputs", scratch=root / "scratch")
+    return AttemptFiles(
+        inputs=inputs, outputs=root / "outputs", scratch=root / "scratch", made=True
+    )
 
 
 def _read_outputs(folder: Path) -> list[tuple[str, bytes]]:

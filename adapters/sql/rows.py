@@ -22,11 +22,30 @@ def task_from_row(row: sa.Row[Any] | sa.RowMapping) -> Task:
 
 def task_values(task: Task) -> dict[str, Any]:
     values = task.model_dump(mode="python")
-    values["state"] = task.state.value
-    values["inputs"] = [f.model_dump(mode="json") for f in task.inputs]
-    values["outputs"] = [f.model_dump(mode="json") for f in task.outputs]
-    values["message"] = task.message[:500]
-    values["then"] = [step.model_dump(mode="json") for step in task.then] or None
+    values |= column_values(
+        {
+            "state": task.state,
+            "inputs": task.inputs,
+            "outputs": task.outputs,
+            "message": task.message,
+            "then": task.then,
+        }
+    )
+    return values
+
+
+def column_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """Task fields (``Task`` attribute names and values) as column values."""
+    values = dict(fields)
+    if "state" in values:
+        values["state"] = TaskState(values["state"]).value
+    for name in ("inputs", "outputs"):
+        if name in values:
+            values[name] = [f.model_dump(mode="json") for f in values[name]]
+    if "message" in values:
+        values["message"] = values["message"][:500]
+    if "then" in values:
+        values["then"] = [step.model_dump(mode="json") for step in values["then"]] or None
     return values
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from flowyard.adapters.sql.database import Database, Tx
+from flowyard.adapters.sql.held_results import NotAllHeld, is_held_result, record_held_results
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
@@ -132,12 +133,30 @@ class SqlWorkQueue:
     async def report_many(
         self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
     ) -> list[LeaseLost | None]:
-        """One transaction for all; rows locked in task-id order (no deadlock between
-        two workers' batches). A refusal is raised by ``apply`` before anything of its
-        event is written, so the others still commit."""
+        """One transaction for all, rows locked in task-id order (no deadlock between two
+        workers' batches). The worker's own results are written under their fence without
+        reading the rows (``held_results.py``); if any fence fails, the batch is rolled
+        back and recorded event by event, which refuses exactly the stale ones."""
+        ordered = sorted(events, key=lambda e: e.task_id)
+        held = [e for e in ordered if is_held_result(e)]
+        try:
+            async with self.db.write() as tx:
+                await record_held_results(tx, held)
+                for event in ordered:
+                    if not is_held_result(event):
+                        await record_in(tx, event)  # a retry's requeue: rare, one by one
+            return [None] * len(events)
+        except (NotAllHeld, StaleAttempt, IllegalTransition, TaskFinished):
+            return await self._report_each(ordered, events)
+
+    async def _report_each(
+        self, ordered: Sequence[TaskDone | TaskRequeued], events: Sequence[TaskDone | TaskRequeued]
+    ) -> list[LeaseLost | None]:
+        """Event by event, in one transaction: a refusal is raised by ``apply`` before
+        anything of its event is written, so the others still commit."""
         outcomes: dict[uuid.UUID, LeaseLost | None] = {}
         async with self.db.write() as tx:
-            for event in sorted(events, key=lambda e: e.task_id):
+            for event in ordered:
                 try:
                     await record_in(tx, event)
                     outcomes[event.id] = None

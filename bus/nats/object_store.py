@@ -110,16 +110,22 @@ class NatsTaskFiles:
         self._open: dict[Path, Task] = {}
 
     async def open_attempt(self, task: Task) -> AttemptFiles:
-        root = await asyncio.to_thread(_attempt_folder, task, self.temp_root)
+        # one private folder on local disk, made here (a trip to a thread costs more);
+        # outputs/ and scratch/ come on the flow's first use (``AttemptFiles.made``)
+        root = Path(
+            tempfile.mkdtemp(prefix=f"flowyard-{task.id}-{task.attempt}-", dir=self.temp_root)
+        )
         self._open[root] = task
         files = AttemptFiles(inputs={}, outputs=root / "outputs", scratch=root / "scratch")
         try:
+            if task.inputs:
+                await asyncio.to_thread((root / "inputs").mkdir)
             for ref in task.inputs:
                 path = root / "inputs" / safe_file_name(ref.name)
                 await self._retrying(functools.partial(self._download, task, ref, path), task)
                 files.inputs[ref.input or ref.name] = path
         except BaseException:
-            await self._remove(root)
+            await self._remove(root, files)
             raise
         return files
 
@@ -138,7 +144,7 @@ class NatsTaskFiles:
     async def close_attempt(self, task: Task, files: AttemptFiles) -> tuple[FileRef, ...]:
         root = files.outputs.parent
         try:
-            found = await asyncio.to_thread(_outputs, files.outputs)
+            found = await asyncio.to_thread(_outputs, files.outputs) if files.made else []
             refs = []
             for name, size in found:
                 ref = FileRef(
@@ -152,7 +158,7 @@ class NatsTaskFiles:
                 refs.append(ref)
             return tuple(refs)
         finally:
-            await self._remove(root)
+            await self._remove(root, files)
 
     async def _upload(self, task: Task, ref: FileRef, path: Path) -> None:
         with nats_errors(f"object store upload of output {ref.name!r}"):
@@ -161,16 +167,21 @@ class NatsTaskFiles:
                 await store.put(object_name(task.id, ref.path), data)
 
     async def discard_attempt(self, task: Task, files: AttemptFiles) -> None:
-        await self._remove(files.outputs.parent)
+        await self._remove(files.outputs.parent, files)
 
     async def close(self) -> None:
         """Remove what attempts interrupted by a shutdown left behind."""
         for root in list(self._open):
-            await self._remove(root)
+            self._open.pop(root, None)
+            await asyncio.to_thread(shutil.rmtree, root, True)
 
-    async def _remove(self, root: Path) -> None:
-        self._open.pop(root, None)
-        await asyncio.to_thread(shutil.rmtree, root, True)
+    async def _remove(self, root: Path, files: AttemptFiles) -> None:
+        task = self._open.pop(root, None)
+        if files.made or task is None or task.inputs:
+            await asyncio.to_thread(shutil.rmtree, root, True)
+        else:
+            with contextlib.suppress(OSError):
+                os.rmdir(root)  # empty: one call, no thread
 
     async def _retrying(self, call: Callable[[], Awaitable[None]], task: Task) -> None:
         """Ride out a short NATS outage; then give the attempt back for another worker."""
@@ -189,14 +200,6 @@ class NatsTaskFiles:
                 pause = backoff.failed()
                 log.warning("%s; retrying in %.1fs", exc.message, pause)
                 await asyncio.sleep(pause)
-
-
-def _attempt_folder(task: Task, temp_root: Path | None) -> Path:
-    """A private folder with inputs/, outputs/ and scratch/ (one thread hop for all of it)."""
-    root = Path(tempfile.mkdtemp(prefix=f"flowyard-{task.id}-{task.attempt}-", dir=temp_root))
-    for name in ("inputs", "outputs", "scratch"):
-        (root / name).mkdir()
-    return root
 
 
 def _outputs(folder: Path) -> list[tuple[str, int]]:

@@ -15,8 +15,8 @@ from datetime import timedelta
 import pytest
 
 from flowyard.core.errors import LeaseLost
-from flowyard.core.events import TaskCancelRequested, TaskDone, utcnow
-from flowyard.core.task import TaskState, event_for
+from flowyard.core.events import FileRef, TaskCancelRequested, TaskDone, TaskProgress, utcnow
+from flowyard.core.task import TaskState, apply, event_for
 from tests.contract.conftest import Ports, worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -131,3 +131,31 @@ async def test_report_many_records_each_and_refuses_only_the_stale_one(ports: Po
         assert (await ports.store.get(task.id)).state is TaskState.succeeded
     again = await ports.queue.report_many(w1, events[1:])  # the same events: no change
     assert again == [None, None, None]
+
+
+async def test_report_many_leaves_each_task_as_folding_its_events_would(ports: Ports) -> None:
+    """Results written in one batch (without reading their rows) leave every task exactly
+    as ``apply`` folds its events: statuses, outputs, errors, progress, the log."""
+    for _ in range(3):
+        await ports.create()
+    w = worker()
+    ok, bad, stopped = await ports.queue.claim(w, 3)
+    progress = event_for(bad, TaskProgress, progress=0.4, message="half way")
+    await ports.queue.report(w, progress)
+    output = FileRef(name="a.txt", path="attempts/1/outputs/a.txt", size=3)
+    events = [
+        event_for(ok, TaskDone, status="succeeded", outputs=(output,), worker_id=w.id),
+        event_for(bad, TaskDone, status="failed", error="boom " * 400, worker_id=w.id),
+        event_for(stopped, TaskDone, status="cancelled", error="cancelled", worker_id=w.id),
+    ]
+    assert await ports.queue.report_many(w, events) == [None, None, None]
+    for claimed, event in zip((ok, bad, stopped), events, strict=True):
+        stored = await ports.store.get(claimed.id)
+        folded = apply(claimed, event)
+        if claimed is bad:
+            folded = apply(apply(claimed, progress), event)
+        assert stored.model_dump(exclude={"updated_at"}) == folded.model_dump(
+            exclude={"updated_at"}
+        )
+        assert [e.id for e in await ports.store.events(claimed.id)][-1] == event.id
+    assert (await ports.store.get(bad.id)).progress == 0.4  # a failure keeps its progress

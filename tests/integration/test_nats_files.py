@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tracemalloc
@@ -19,6 +20,7 @@ from flowyard.bus.nats.object_store import NatsFileTransfer, NatsTaskFiles, buck
 from flowyard.core.errors import InvalidInput
 from flowyard.core.events import FileRef, TaskCreated, TaskDone
 from flowyard.core.task import Task, TaskState
+from flowyard.services.run_context import RunContext
 from tests.support.nats import NatsServer
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
@@ -98,7 +100,9 @@ async def test_inputs_and_outputs_stream_through_the_owners_bucket(
     files, peak = await _peak(lambda: worker.open_attempt(task))
     assert peak < PEAK_LIMIT, f"download held {peak} bytes"
     assert _sha(files.inputs["data"]) == input_sha
-    output_sha = _write(files.outputs / "result.bin", SIZE)
+    # the flow writes through its context, which makes the attempt's folders on first use
+    ctx = RunContext(files, "cpu", asyncio.get_running_loop())
+    output_sha = _write(ctx.output("result.bin"), SIZE)
     refs, peak = await _peak(lambda: worker.close_attempt(task, files))
     assert peak < PEAK_LIMIT, f"output upload held {peak} bytes"
     assert [(r.name, r.path, r.size) for r in refs] == [

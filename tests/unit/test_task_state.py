@@ -18,7 +18,15 @@ from flowyard.core.events import (
     TaskProgress,
     TaskRequeued,
 )
-from flowyard.core.task import Task, TaskState, apply, lease_expired, rebuild
+from flowyard.core.task import (
+    Task,
+    TaskState,
+    apply,
+    done_update,
+    held_by_worker,
+    lease_expired,
+    rebuild,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = uuid.uuid4()
@@ -197,3 +205,44 @@ def test_stale_worker_cannot_fail_a_requeued_task() -> None:
     with pytest.raises(StaleAttempt):
         apply(running, done("succeeded", attempt=1, worker_id="w2"))
     assert apply(running, done("succeeded", attempt=1, worker_id="w1")).state is TaskState.succeeded
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+@pytest.mark.parametrize(
+    "history",
+    [
+        [],  # queued
+        [1],  # running attempt 1 for w1
+        [1, "requeued"],
+        [1, "requeued", 2],
+        [1, "done"],
+    ],
+)
+@pytest.mark.parametrize(("attempt", "worker"), [(1, "w1"), (1, "w2"), (2, "w1")])
+def test_a_workers_result_is_recorded_exactly_when_its_fence_holds(
+    status: str, history: list[object], attempt: int, worker: str
+) -> None:
+    """The fence a store writes results under (``held_by_worker``) accepts what ``apply``
+    accepts, and ``done_update`` is all that ``apply`` changes then."""
+    task = apply(None, created())
+    for step in history:
+        if step == "requeued":
+            task = apply(task, TaskRequeued(task_id=TASK, flow="debug.sleep",
+                                            attempt=task.attempt, reason="lost"))  # fmt: skip
+        elif step == "done":
+            task = apply(task, TaskDone(task_id=TASK, flow="debug.sleep", attempt=task.attempt,
+                                        status="failed", worker_id="w1"))  # fmt: skip
+        else:
+            task = apply(task, claimed(int(str(step))))
+    result = TaskDone(
+        task_id=TASK, flow="debug.sleep", attempt=attempt, status=status,  # type: ignore[arg-type]
+        error=None if status == "succeeded" else "x", worker_id=worker,
+    )  # fmt: skip
+    try:
+        folded = apply(task, result)
+    except (IllegalTransition, StaleAttempt, TaskFinished):
+        folded = None
+    if held_by_worker(task, result):
+        assert folded == task.model_copy(update=done_update(result))
+    else:
+        assert folded is None or folded is task

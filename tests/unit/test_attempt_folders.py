@@ -1,0 +1,79 @@
+"""An attempt's folders on the shared tasks folder are made on the flow's first use.
+
+A flow that writes no file costs no folder (and no trip to a thread); one that
+writes gets exactly its own files back, never what an earlier run of the same
+attempt left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flowyard.adapters.files.local import LocalTaskFiles
+from flowyard.core.errors import FlowFailed
+from flowyard.core.task import Task, TaskState
+from flowyard.services.run_context import RunContext
+
+
+def _task(root: Path, attempt: int = 1) -> Task:
+    now = datetime.now(UTC)
+    task = Task(
+        id=uuid.uuid4(),
+        flow="debug.sleep",
+        owner="admin",
+        state=TaskState.running,
+        attempt=attempt,
+        created_at=now,
+        updated_at=now,
+    )
+    (root / str(task.id)).mkdir()
+    return task
+
+
+async def test_a_flow_that_writes_nothing_makes_no_folder(tmp_path: Path) -> None:
+    files = LocalTaskFiles(tmp_path)
+    task = _task(tmp_path)
+    attempt = await files.open_attempt(task)
+    RunContext(attempt, "cpu", asyncio.get_running_loop()).progress(1.0)
+    assert await files.close_attempt(task, attempt) == ()
+    assert list((tmp_path / str(task.id)).iterdir()) == []
+
+
+async def test_outputs_are_reported_and_scratch_removed(tmp_path: Path) -> None:
+    files = LocalTaskFiles(tmp_path)
+    task = _task(tmp_path)
+    attempt = await files.open_attempt(task)
+    ctx = RunContext(attempt, "cpu", asyncio.get_running_loop())
+    (ctx.scratch / "tmp.bin").write_bytes(b"x" * 10)
+    ctx.output("result.txt").write_text("done")
+    refs = await files.close_attempt(task, attempt)
+    assert [(r.name, r.path, r.size) for r in refs] == [
+        ("result.txt", "attempts/1/outputs/result.txt", 4)
+    ]
+    assert not attempt.scratch.exists()
+
+
+async def test_an_earlier_run_of_the_same_attempt_leaves_nothing_in_the_result(
+    tmp_path: Path,
+) -> None:
+    files = LocalTaskFiles(tmp_path)
+    task = _task(tmp_path)
+    stale = tmp_path / str(task.id) / "attempts" / "1" / "outputs"
+    stale.mkdir(parents=True)
+    (stale / "old.txt").write_text("from a run that was cut short")
+    quiet = await files.open_attempt(task)
+    assert await files.close_attempt(task, quiet) == ()  # wrote nothing: reports nothing
+    attempt = await files.open_attempt(task)
+    RunContext(attempt, "cpu", asyncio.get_running_loop()).output("new.txt").write_text("new")
+    assert [r.name for r in await files.close_attempt(task, attempt)] == ["new.txt"]
+
+
+async def test_a_missing_task_folder_fails_before_the_flow_runs(tmp_path: Path) -> None:
+    files = LocalTaskFiles(tmp_path / "elsewhere")
+    with pytest.raises(FlowFailed, match="missing on this worker"):
+        await files.open_attempt(_task(tmp_path))
