@@ -22,7 +22,7 @@ import asyncio
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -146,8 +146,15 @@ class TaskStore(TaskRecords, Protocol):
 
 
 class ChainStore(TaskRecords, Protocol):
-    async def chain_parents(self, since: datetime, limit: int = 500) -> builtins.list[Task]:
-        """Succeeded tasks with follow-ups, finished since ``since``."""
+    async def chain_parents(
+        self,
+        since: datetime | None = None,
+        limit: int = 500,
+        *,
+        among: Collection[uuid.UUID] | None = None,
+    ) -> builtins.list[Task]:
+        """Succeeded tasks with follow-ups, finished since ``since`` and, when given, with
+        an id ``among`` these (the successes one commit recorded: one read for them all)."""
         ...
 
 

@@ -73,20 +73,34 @@ class Chainer:
         self._jobs: set[asyncio.Task[object]] = set()
 
     def notice(self, events: Sequence[Event]) -> None:
-        """Commit listener: a success may have follow-ups to create (the work runs later)."""
-        for event in events:
-            if isinstance(event, TaskDone) and event.status == "succeeded":
-                job = asyncio.get_running_loop().create_task(self._spawn_logged(event.task_id))
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
+        """Commit listener: successes may have follow-ups to create (the work runs later,
+        one read for all the successes of the commit)."""
+        succeeded = {
+            event.task_id
+            for event in events
+            if isinstance(event, TaskDone) and event.status == "succeeded"
+        }
+        if succeeded:
+            job = asyncio.get_running_loop().create_task(self._spawn_logged(succeeded))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
 
-    async def _spawn_logged(self, parent_id: uuid.UUID) -> None:
+    async def _spawn_logged(self, succeeded: set[uuid.UUID]) -> None:
         try:
-            await self.spawn(parent_id)
-        except FlowyardError as exc:
-            log.warning("follow-ups of task %s not created yet: %s", parent_id, exc.message)
-        except Exception:  # the sweep at the next start tries again
-            log.exception("follow-ups of task %s failed", parent_id)
+            parents = await self.store.chain_parents(among=succeeded)
+        except FlowyardError as exc:  # the sweep at the next start tries again
+            log.warning("follow-ups of %d tasks not looked up: %s", len(succeeded), exc.message)
+            return
+        except Exception:
+            log.exception("follow-ups of %d tasks not looked up", len(succeeded))
+            return
+        for parent in parents:
+            try:
+                await self.spawn(parent.id)
+            except FlowyardError as exc:
+                log.warning("follow-ups of task %s not created yet: %s", parent.id, exc.message)
+            except Exception:  # the sweep at the next start tries again
+                log.exception("follow-ups of task %s failed", parent.id)
 
     async def sweep(self, within: timedelta = timedelta(days=1)) -> int:
         """Create the follow-ups of recent successes that have none yet."""

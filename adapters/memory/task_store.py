@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
 from flowyard.core.errors import Conflict, TaskNotFound
@@ -118,16 +118,23 @@ class MemoryTaskStore:
         kids = [t for t in self._tasks.values() if t.parent_id == task_id]
         return [t.id for t in sorted(kids, key=lambda t: (t.created_at, t.id))]
 
-    async def chain_parents(self, since: datetime, limit: int = 500) -> builtins.list[Task]:
+    async def chain_parents(
+        self,
+        since: datetime | None = None,
+        limit: int = 500,
+        *,
+        among: Collection[uuid.UUID] | None = None,
+    ) -> builtins.list[Task]:
         found = [
             t
             for t in self._tasks.values()
             if t.state is TaskState.succeeded
             and t.then
             and t.finished_at is not None
-            and t.finished_at >= since
+            and (since is None or t.finished_at >= since)
+            and (among is None or t.id in among)
         ]
-        return sorted(found, key=lambda t: t.finished_at or since)[:limit]
+        return sorted(found, key=lambda t: t.finished_at or datetime.min)[:limit]
 
     async def delete(self, task_id: uuid.UUID) -> None:
         """Remove the task; its events stay in the log."""

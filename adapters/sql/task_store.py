@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -30,11 +30,25 @@ class SqlTaskStore:
         self.db = db
 
     async def record(self, event: Event, *, relayed_at: datetime | None = None) -> Task:
+        if isinstance(event, TaskCreated) and relayed_at is None:
+            return (await self.record_all([event]))[0]
         async with self.db.write() as tx:
             return await record_in(tx, event, relayed_at=relayed_at)
 
     async def record_all(self, batch: Sequence[Event]) -> list[Task]:
-        """Several events in one transaction: all are recorded, or none (a batch create)."""
+        """Several events in one transaction: all are recorded, or none (a batch create).
+
+        New tasks (only ``task.created``) take two inserts for the whole batch, without
+        looking anything up first; a known id among them (a create sent again) makes the
+        batch roll back and go event by event, where a known event changes nothing.
+        """
+        created = [event for event in batch if isinstance(event, TaskCreated)]
+        if created and len(created) == len(batch):
+            try:
+                async with self.db.write() as tx:
+                    return await insert_new(tx, created)
+            except IntegrityError:
+                pass
         async with self.db.write() as tx:
             return [await record_in(tx, event) for event in batch]
 
@@ -132,18 +146,23 @@ class SqlTaskStore:
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
 
-    async def chain_parents(self, since: datetime, limit: int = 500) -> builtins.list[Task]:
-        """Succeeded tasks with follow-ups, finished since ``since`` (the chainer's sweep)."""
-        query = (
-            sa.select(tasks)
-            .where(
-                (tasks.c.state == TaskState.succeeded.value)
-                & tasks.c.then.is_not(None)
-                & (tasks.c.finished_at >= since)
-            )
-            .order_by(tasks.c.finished_at)
-            .limit(limit)
+    async def chain_parents(
+        self,
+        since: datetime | None = None,
+        limit: int = 500,
+        *,
+        among: Collection[uuid.UUID] | None = None,
+    ) -> builtins.list[Task]:
+        """Succeeded tasks with follow-ups, finished since ``since`` (the chainer's sweep),
+        or among the ids one commit finished (its listener)."""
+        query = sa.select(tasks).where(
+            (tasks.c.state == TaskState.succeeded.value) & tasks.c.then.is_not(None)
         )
+        if since is not None:
+            query = query.where(tasks.c.finished_at >= since)
+        if among is not None:
+            query = query.where(tasks.c.id.in_(sorted(among)))
+        query = query.order_by(tasks.c.finished_at).limit(limit)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [task_from_row(r) for r in rows]
@@ -215,6 +234,15 @@ _LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with
 _EVENT_SEEN = sa.select(events.c.seq).where(events.c.id == sa.bindparam("_event_id"))
 _INSERT_TASK = sa.insert(tasks)
 _UPDATE_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
+
+
+async def insert_new(tx: Tx, created: Sequence[TaskCreated]) -> list[Task]:
+    """New tasks and their ``task.created`` events in ``tx``: one multi-row insert each.
+    An id already stored raises ``IntegrityError`` (``tx`` must then roll back)."""
+    new = [apply(None, event) for event in created]
+    await tx.conn.execute(_INSERT_TASK, [task_values(task) for task in new])
+    await append_events(tx, created)
+    return new
 
 
 async def load_for_update(tx: Tx, task_id: uuid.UUID) -> Task | None:

@@ -36,6 +36,27 @@ async def test_a_repeated_event_changes_nothing(ports: Ports) -> None:
     assert len(await ports.store.events(task.id)) == 1
 
 
+async def test_a_batch_of_creates_sent_again_adds_only_the_new_tasks(ports: Ports) -> None:
+    """A create sent again inside a batch (a client retrying) keeps its task as it is."""
+    known = TaskCreated(task_id=uuid.uuid4(), flow="debug.sleep", owner="alice", params={})
+    first = await ports.record(known)
+    (claimed,) = await ports.queue.claim(worker(), 1)
+    fresh = [
+        TaskCreated(task_id=uuid.uuid4(), flow="debug.sleep", owner="alice", params={"n": n})
+        for n in range(3)
+    ]
+    tasks = await ports.store.record_all([fresh[0], known, *fresh[1:]])
+    assert [t.id for t in tasks] == [fresh[0].task_id, first.id, *(e.task_id for e in fresh[1:])]
+    assert tasks[1].state is TaskState.running
+    assert tasks[1].attempt == claimed.attempt
+    assert [e.type for e in await ports.store.events(first.id)] == ["task.created", "task.claimed"]
+    for event in fresh:
+        stored = await ports.store.get(event.task_id)
+        assert stored.params == event.params
+        assert stored.state is TaskState.queued
+        assert [e.id for e in await ports.store.events(event.task_id)] == [event.id]
+
+
 async def test_a_stale_attempt_is_refused(ports: Ports) -> None:
     task = await ports.create()
     (claimed,) = await ports.queue.claim(worker(), 1)

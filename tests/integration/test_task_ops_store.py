@@ -68,6 +68,9 @@ async def test_chain_parents_and_children(store: SqlTaskStore) -> None:
     parents = await store.chain_parents(utcnow() - timedelta(minutes=1))
     assert [p.id for p in parents] == [chained.id]
     assert parents[0].then[0].flow == "debug.sleep"
+    among = await store.chain_parents(among={plain.id, chained.id, uuid.uuid4()})
+    assert [p.id for p in among] == [chained.id]  # what one commit finished: one read
+    assert await store.chain_parents(among={plain.id}) == []
     child = await store.record(created(parent_id=chained.id))
     assert await store.children(chained.id) == [child.id]
     assert await store.children(plain.id) == []
