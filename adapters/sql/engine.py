@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from flowyard.adapters.sql import inline_sqlite
 from flowyard.core.errors import SchemaMissing, Unavailable
 from flowyard.core.settings import normalise_database_uri
 
@@ -58,7 +59,7 @@ def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> Asyn
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 30}}
+        kwargs = {"connect_args": {"timeout": 30, "async_creator_fn": inline_sqlite.connect}}
     elif url.get_backend_name() in ("mysql", "mariadb"):
         kwargs |= {
             "isolation_level": "READ COMMITTED",
