@@ -8,6 +8,7 @@ that keeps two servers from sending the same work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -77,30 +78,67 @@ class DispatchRecords:
             rows = (await conn.execute(query)).all()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
-    async def unsent(self, now: datetime, limit: int = 1000) -> list[Task]:
-        """Due queued tasks without a work message: highest priority first, then oldest."""
+    async def unsent(
+        self,
+        now: datetime,
+        limit: int = 1000,
+        *,
+        room: Mapping[tuple[str, str], int] | None = None,
+    ) -> list[Task]:
+        """Due queued tasks without a work message: highest priority first, then oldest.
+
+        ``room``: at most that many per ``(owner, flow)``, and none of other pairs (a
+        round reads what it can send, not the whole backlog).
+        """
+        waiting = (
+            (tasks.c.state == TaskState.queued.value)
+            & tasks.c.work_sent_at.is_(None)
+            & (tasks.c.not_before.is_(None) | (tasks.c.not_before <= now))
+        )
+        order = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+        if room is None:
+            queries = [sa.select(tasks).where(waiting).order_by(*order).limit(limit)]
+        else:
+            queries = [
+                sa.select(tasks)
+                .where(waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow))
+                .order_by(*order)
+                .limit(min(n, limit))
+                for (owner, flow), n in sorted(room.items())
+                if n > 0
+            ]
+        found: list[Task] = []
+        async with self.db.read() as conn:
+            for query in queries:
+                found += [task_from_row(r) for r in (await conn.execute(query)).all()]
+        return sorted(found, key=lambda t: (-t.priority, t.created_at, t.id))
+
+    async def unsent_pairs(self, now: datetime) -> set[tuple[str, str]]:
+        """The ``(owner, flow)`` pairs with due work not sent yet."""
         query = (
-            sa.select(tasks)
+            sa.select(tasks.c.owner, tasks.c.flow)
             .where(
                 (tasks.c.state == TaskState.queued.value)
                 & tasks.c.work_sent_at.is_(None)
                 & (tasks.c.not_before.is_(None) | (tasks.c.not_before <= now))
             )
-            .order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
-            .limit(limit)
+            .distinct()
         )
         async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [task_from_row(r) for r in rows]
+            return {(r[0], r[1]) for r in (await conn.execute(query)).all()}
 
-    async def mark_sent(self, task: Task, at: datetime | None) -> bool:
-        """Claim the sending of ``task``'s work (None: undo); False when another server did."""
-        where = (
-            (tasks.c.id == task.id)
-            & (tasks.c.state == TaskState.queued.value)
-            & (tasks.c.attempt == task.attempt)
-        )
-        where &= tasks.c.work_sent_at.is_(None) if at is not None else sa.true()
+    async def mark_sent(self, batch: Sequence[Task], at: datetime | None) -> list[bool]:
+        """Claim the sending of each task's work, in one transaction (``at`` None: undo);
+        False for a task another server claimed, or that moved on meanwhile."""
+        marked = []
         async with self.db.write() as tx:
-            result = await tx.conn.execute(sa.update(tasks).where(where).values(work_sent_at=at))
-        return bool(result.rowcount)
+            for task in batch:
+                where = (
+                    (tasks.c.id == task.id)
+                    & (tasks.c.state == TaskState.queued.value)
+                    & (tasks.c.attempt == task.attempt)
+                )
+                where &= tasks.c.work_sent_at.is_(None) if at is not None else sa.true()
+                update = sa.update(tasks).where(where).values(work_sent_at=at)
+                marked.append(bool((await tx.conn.execute(update)).rowcount))
+        return marked

@@ -1,13 +1,7 @@
 """The database work queue: claims with ``FOR UPDATE SKIP LOCKED``, leases, reaping.
 
-One claim statement per dialect family, each one short transaction that also
-appends the ``task.claimed`` events:
-
-- PostgreSQL and SQLite: ``WITH picked AS (SELECT … FOR UPDATE SKIP LOCKED)
-  UPDATE … FROM picked RETURNING …`` (SQLite ignores the lock clause; it has a
-  single writer anyway);
-- MariaDB/MySQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE`` then
-  ``SELECT`` in the same transaction (MariaDB has no ``UPDATE … RETURNING``).
+A claim is one short transaction: the claim statement of the dialect family
+(``claims.py``) and one multi-row insert of the ``task.claimed`` events.
 
 No transaction stays open while a flow runs: a lease (a deadline column) marks
 ownership, heartbeats extend it, and ``reap`` turns expired leases into
@@ -25,7 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flowyard.adapters.sql.database import Database, Tx
+from flowyard.adapters.sql.claims import claim_rows
+from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.held_results import NotAllHeld, is_held_result, record_held_results
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks
@@ -62,10 +57,7 @@ class SqlWorkQueue:
         now = utcnow()
         deadline = now + self.lease
         async with self.db.write() as tx:
-            if self.db.dialect == "mysql":
-                claimed = await _claim_select_then_update(tx, worker, limit, now, deadline)
-            else:
-                claimed = await _claim_update_returning(tx, worker, limit, now, deadline)
+            claimed = await claim_rows(tx, self.db.dialect, worker, limit, now, deadline)
             await append_events(
                 tx,
                 [
@@ -229,66 +221,3 @@ class SqlWorkQueue:
                 await append_events(tx, [event])
                 log.warning("task %s: %s", task.id, getattr(event, "reason", None) or event.error)
         return len(rows)
-
-
-def _due(now: datetime) -> Any:
-    """Claimable now: not scheduled, or scheduled (``run_at``, a retry's backoff) for now."""
-    return tasks.c.not_before.is_(None) | (tasks.c.not_before <= now)
-
-
-def _pick(worker: WorkerIdentity, limit: int, now: datetime) -> sa.Select[Any]:
-    query = sa.select(tasks.c.id).where(
-        (tasks.c.state == TaskState.queued.value) & tasks.c.flow.in_(worker.flows) & _due(now)
-    )
-    if worker.owner is not None:
-        query = query.where(tasks.c.owner == worker.owner)
-    return (
-        query.order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-
-
-def _claim_values(worker: WorkerIdentity, now: datetime, deadline: datetime) -> dict[str, Any]:
-    return {
-        "state": TaskState.running.value,
-        "attempt": tasks.c.attempt + 1,
-        "worker_id": worker.id,
-        "lease_expires_at": deadline,
-        "claimed_at": now,
-        "progress": 0.0,
-        "message": "",
-        "not_before": None,
-        "updated_at": now,
-    }
-
-
-def _ordered(claimed: list[Task]) -> list[Task]:
-    return sorted(claimed, key=lambda t: (-t.priority, t.created_at))
-
-
-async def _claim_update_returning(
-    tx: Tx, worker: WorkerIdentity, limit: int, now: datetime, deadline: datetime
-) -> list[Task]:
-    picked = _pick(worker, limit, now).cte("picked")
-    stmt = (
-        sa.update(tasks)
-        .where(tasks.c.id == picked.c.id)
-        .values(**_claim_values(worker, now, deadline))
-        .returning(*tasks.c)
-    )
-    rows = (await tx.conn.execute(stmt)).all()
-    return _ordered([task_from_row(r) for r in rows])
-
-
-async def _claim_select_then_update(
-    tx: Tx, worker: WorkerIdentity, limit: int, now: datetime, deadline: datetime
-) -> list[Task]:
-    ids = list((await tx.conn.execute(_pick(worker, limit, now))).scalars())
-    if not ids:
-        return []
-    await tx.conn.execute(
-        sa.update(tasks).where(tasks.c.id.in_(ids)).values(**_claim_values(worker, now, deadline))
-    )
-    rows = (await tx.conn.execute(sa.select(tasks).where(tasks.c.id.in_(ids)))).all()
-    return _ordered([task_from_row(r) for r in rows])

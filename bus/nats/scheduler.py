@@ -31,6 +31,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -54,9 +55,17 @@ class DueRecords(Protocol):
 
     async def slots_in_use(self) -> dict[tuple[str, str], int]: ...
 
-    async def unsent(self, now: datetime, limit: int = 1000) -> list[Task]: ...
+    async def unsent(
+        self,
+        now: datetime,
+        limit: int = 1000,
+        *,
+        room: Mapping[tuple[str, str], int] | None = None,
+    ) -> list[Task]: ...
 
-    async def mark_sent(self, task: Task, at: datetime | None) -> bool: ...
+    async def unsent_pairs(self, now: datetime) -> set[tuple[str, str]]: ...
+
+    async def mark_sent(self, batch: Sequence[Task], at: datetime | None) -> list[bool]: ...
 
 
 def free_slots(
@@ -129,32 +138,42 @@ class Scheduler:
         return await (self._gated(now) if self.gated else self._due(now))
 
     async def _gated(self, now: datetime) -> int:
-        """Send the highest-priority due work that the NATS workers have room for."""
+        """Send the highest-priority due work that the NATS workers have room for.
+
+        A round reads only what it can send (per owner and flow, as many as have room),
+        marks it all sent in one transaction, then publishes it in priority order.
+        """
         slots = await self.records.nats_slots(now - self.offline_after)
-        # no NATS worker announced yet (or none online): nothing to size the sending by, so
-        # work goes out at once, in priority order, as before (the stream keeps it)
-        ungated = not slots
-        in_use = await self.records.slots_in_use()
+        if slots:
+            in_use = await self.records.slots_in_use()
+            room = {
+                pair: free_slots(slots, {pair: in_use.get(pair, 0)})[pair]
+                for pair in await self.records.unsent_pairs(now)
+            }
+            chosen = await self.records.unsent(now, room=room)
+        else:
+            # no NATS worker announced yet (or none online): nothing to size the sending by,
+            # so work goes out at once, in priority order, as before (the stream keeps it)
+            chosen = await self.records.unsent(now)
+        if not chosen:
+            return 0
+        marked = await self.records.mark_sent(chosen, now)
+        ours = [task for task, mine in zip(chosen, marked, strict=True) if mine]
         sent = 0
         woken: set[tuple[str, str]] = set()
-        for task in await self.records.unsent(now):
-            key = (task.owner, task.flow)
-            in_use.setdefault(key, 0)
-            if not ungated and free_slots(slots, {key: in_use[key]})[key] <= 0:
-                continue
-            if not await self.records.mark_sent(task, now):
-                continue  # sent by another server, or claimed meanwhile
+        for index, task in enumerate(ours):
             try:
                 await self._send(task)
             except FlowyardError as exc:
-                with contextlib.suppress(Unavailable):
-                    await self.records.mark_sent(task, None)  # not out: send it again later
-                if isinstance(exc, Unavailable):
+                if isinstance(exc, Unavailable):  # this and the rest are not out: later
+                    with contextlib.suppress(Unavailable):
+                        await self.records.mark_sent(ours[index:], None)
                     raise
+                with contextlib.suppress(Unavailable):
+                    await self.records.mark_sent([task], None)  # not out: send it again later
                 log.error("work for task %s not sent: %s", task.id, exc.message)
                 continue
-            in_use[key] += 1
-            woken.add(key)
+            woken.add((task.owner, task.flow))
             sent += 1
         await self._wake(woken)
         self.sent += sent

@@ -172,6 +172,8 @@ class WorkerEventConsumer:
         self.recorded += 1
         if isinstance(event, TaskDone) and outcome.task is not None:
             paths = [ref.path for ref in outcome.task.inputs] + [r.path for r in event.outputs]
+            if not paths:
+                return
             cleanup = self.outputs.delete_objects(event.owner, event.task_id, paths)
             job = asyncio.create_task(cleanup)
             self._cleanup.add(job)
