@@ -206,8 +206,11 @@ class WorkQueue(Protocol):
         """Return when work may be available, or after ``max_wait`` seconds."""
         ...
 
-    async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
-        """Extend the lease of the task's current attempt; raise ``LeaseLost`` if gone."""
+    async def heartbeat(
+        self, worker: WorkerIdentity, tasks: Sequence[Task]
+    ) -> list[Heartbeat | LeaseLost]:
+        """Extend the leases of these attempts, all at once (one statement on a database);
+        for each, its ``Heartbeat``, or ``LeaseLost`` when the attempt is no longer ours."""
         ...
 
     async def report(

@@ -2,12 +2,13 @@
 
 The worker hands a claimed batch to ``AttemptRunner.run``: it opens each task's
 files, validates its params, runs the flow in a thread with a ``RunContext``
-while heartbeats (every ``heartbeat_seconds``), throttled progress and a
-timeout guard run beside it, then reports each task's result on its own. A
-result is retried through outages until the queue takes it (the event id makes
-retries harmless); a failure the flow's retry policy retries is reported as a
-requeue with a backoff; a task past its timeout (its own, else its flow's) has
-its flow stopped like a cancel and fails "timed out after N s".
+while throttled progress and a timeout guard run beside it (``keep_leases``
+renews the leases of all running flows together, every ``heartbeat_seconds``),
+then reports each task's result on its own. A result is retried through outages
+until the queue takes it (the event id makes retries harmless); a failure the
+flow's retry policy retries is reported as a requeue with a backoff; a task past
+its timeout (its own, else its flow's) has its flow stopped like a cancel and
+fails "timed out after N s".
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class AttemptRunner:
             max_workers=max(1, identity.concurrency), thread_name_prefix="flow"
         )
         self.contexts: dict[uuid.UUID, RunContext] = {}
+        self._flowing: dict[tuple[uuid.UUID, int], tuple[Task, RunContext]] = {}
+        """Attempts whose flow is running (by task and attempt: a task requeued meanwhile
+        may run its next attempt here too): ``keep_leases`` renews their leases."""
         self._timed_out: dict[uuid.UUID, float] = {}
 
     def cancel(self, task_id: uuid.UUID) -> None:
@@ -101,21 +105,20 @@ class AttemptRunner:
         runs = [run for task in batch if (run := await self._prepare(task)) is not None]
         if not runs:
             return
-        guards = [
-            asyncio.create_task(guard)
-            for run in runs
-            for guard in (self._heartbeats(run.task, run.ctx), self._progress(run.task, run.ctx))
-        ]
+        guards = [asyncio.create_task(self._progress(run.task, run.ctx)) for run in runs]
         for run in runs:
             limit = run.task.timeout_seconds or run.flow.timeout_seconds
             if limit:
                 guards.append(asyncio.create_task(self._deadline(run, limit)))
         items = [BatchItem(run.ctx, run.params) for run in runs]
+        self._flowing |= {(run.task.id, run.task.attempt): (run.task, run.ctx) for run in runs}
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
                 self.pool, run_items, runs[0].flow(), items
             )
         finally:
+            for run in runs:
+                self._flowing.pop((run.task.id, run.task.attempt), None)
             for guard in guards:
                 guard.cancel()
             await asyncio.gather(*guards, return_exceptions=True)
@@ -196,19 +199,25 @@ class AttemptRunner:
         )
         await self.completer.report(done)
 
-    async def _heartbeats(self, task: Task, ctx: RunContext) -> None:
+    async def keep_leases(self) -> None:
+        """Every ``heartbeat_seconds``, renew the leases of all running flows in one call;
+        a lost lease stops its flow, a cancel request cancels it."""
         while True:
             await asyncio.sleep(self.options.heartbeat_seconds)
-            try:
-                beat = await finish_despite_cancel(self.queue.heartbeat(self.identity, task))
-            except Unavailable as exc:
-                log.warning("heartbeat for %s failed: %s", task.id, exc.message)
+            flowing = list(self._flowing.values())
+            if not flowing:
                 continue
-            except LeaseLost as exc:
-                _lost(task, ctx, exc)
-                return
-            if beat.cancel_requested:
-                ctx.cancel()
+            beats = self.queue.heartbeat(self.identity, [task for task, _ in flowing])
+            try:
+                answers = await finish_despite_cancel(beats)
+            except Unavailable as exc:
+                log.warning("heartbeat of %d tasks failed: %s", len(flowing), exc.message)
+                continue
+            for (task, ctx), answer in zip(flowing, answers, strict=True):
+                if isinstance(answer, LeaseLost):
+                    _lost(task, ctx, answer)
+                elif answer.cancel_requested:
+                    ctx.cancel()
 
     async def _progress(self, task: Task, ctx: RunContext) -> None:
         while True:

@@ -83,13 +83,19 @@ class Worker:
         """Claim and run until ``stop`` is called; then drain within the grace period."""
         await retrying(lambda: self.queue.register(self.identity), "register")
         housekeeping = asyncio.create_task(self._housekeeping(), name="worker-housekeeping")
+        leases = asyncio.create_task(self._runner.keep_leases(), name="worker-leases")
         try:
             await self._claim_loop()
         finally:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
-            await self._drain()
+            try:
+                await self._drain()  # flows still running keep their leases meanwhile
+            finally:
+                leases.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leases
 
     def stop(self) -> None:
         self._stopping.set()

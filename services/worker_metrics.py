@@ -111,8 +111,10 @@ class MeteredWorkQueue:
     async def wait_for_work(self, max_wait: float) -> None:
         await self.inner.wait_for_work(max_wait)
 
-    async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
-        return await self.inner.heartbeat(worker, task)
+    async def heartbeat(
+        self, worker: WorkerIdentity, tasks: Sequence[Task]
+    ) -> list[Heartbeat | LeaseLost]:
+        return await self.inner.heartbeat(worker, tasks)
 
     async def report(
         self, worker: WorkerIdentity, event: TaskProgress | TaskDone | TaskRequeued

@@ -107,7 +107,18 @@ class MemoryWorkQueue:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max_wait)
 
-    async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
+    async def heartbeat(
+        self, worker: WorkerIdentity, tasks: Sequence[Task]
+    ) -> list[Heartbeat | LeaseLost]:
+        answers: list[Heartbeat | LeaseLost] = []
+        for task in tasks:
+            try:
+                answers.append(await self._beat(worker, task))
+            except LeaseLost as lost:
+                answers.append(lost)
+        return answers
+
+    async def _beat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
         try:
             current = await self.store.get(task.id)
         except TaskNotFound as exc:  # deleted meanwhile

@@ -94,24 +94,28 @@ class SqlWorkQueue:
             max_wait = max(0.0, min(max_wait, due_in + 0.01))
         await self.waker.wait(max_wait)
 
-    async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
+    async def heartbeat(
+        self, worker: WorkerIdentity, running: Sequence[Task]
+    ) -> list[Heartbeat | LeaseLost]:
+        """One ``UPDATE`` for all the attempts (fenced by id, attempt and worker), then one
+        read of their cancel flags, in one transaction."""
+        if not running:
+            return []
         deadline = utcnow() + self.lease
+        attempts = sa.or_(*((tasks.c.id == t.id) & (tasks.c.attempt == t.attempt) for t in running))
         held = (
-            (tasks.c.id == task.id)
-            & (tasks.c.attempt == task.attempt)
-            & (tasks.c.state == TaskState.running.value)
-            & (tasks.c.worker_id == worker.id)
+            attempts & (tasks.c.state == TaskState.running.value) & (tasks.c.worker_id == worker.id)
         )
         async with self.db.write() as tx:
-            result = await tx.conn.execute(
-                sa.update(tasks).where(held).values(lease_expires_at=deadline)
-            )
-            if result.rowcount == 0:
-                raise LeaseLost(f"task {task.id} attempt {task.attempt} is no longer ours")
-            cancel = await tx.conn.scalar(
-                sa.select(tasks.c.cancel_requested).where(tasks.c.id == task.id)
-            )
-        return Heartbeat(cancel_requested=bool(cancel))
+            await tx.conn.execute(sa.update(tasks).where(held).values(lease_expires_at=deadline))
+            query = sa.select(tasks.c.id, tasks.c.cancel_requested).where(held)
+            cancels = {row.id: bool(row.cancel_requested) for row in await tx.conn.execute(query)}
+        return [
+            Heartbeat(cancel_requested=cancels[t.id])
+            if t.id in cancels
+            else LeaseLost(f"task {t.id} attempt {t.attempt} is no longer ours")
+            for t in running
+        ]
 
     async def report(
         self, worker: WorkerIdentity, event: TaskProgress | TaskDone | TaskRequeued

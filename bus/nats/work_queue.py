@@ -239,7 +239,19 @@ class NatsWorkQueue:
         except TimeoutError:
             self.bindings.sweep()
 
-    async def heartbeat(self, worker: WorkerIdentity, task: Task) -> Heartbeat:
+    async def heartbeat(
+        self, worker: WorkerIdentity, tasks: Sequence[Task]
+    ) -> list[Heartbeat | LeaseLost]:
+        """Each attempt is its own message and lease question to the server, asked together."""
+        answers = await asyncio.gather(
+            *(self._heartbeat_one(task) for task in tasks), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, LeaseLost):
+                raise answer  # Unavailable: the worker tries again at its next heartbeat
+        return [a for a in answers if isinstance(a, Heartbeat | LeaseLost)]
+
+    async def _heartbeat_one(self, task: Task) -> Heartbeat:
         held = self._held.get(task.id)
         if held is None:
             raise LeaseLost(f"task {task.id} attempt {task.attempt} is not held here")

@@ -16,6 +16,7 @@ import pytest
 
 from flowyard.core.errors import LeaseLost
 from flowyard.core.events import FileRef, TaskCancelRequested, TaskDone, TaskProgress, utcnow
+from flowyard.core.ports import Heartbeat
 from flowyard.core.task import TaskState, apply, event_for
 from tests.contract.conftest import Ports, worker
 
@@ -79,19 +80,32 @@ async def test_a_stale_attempts_report_is_refused(ports: Ports) -> None:
     assert (await ports.store.get(old.id)).state is TaskState.running
 
 
-async def test_heartbeat_extends_a_held_lease_and_raises_on_a_lost_one(ports: Ports) -> None:
-    await ports.create()
+async def test_heartbeat_extends_held_leases_and_answers_lost_for_the_others(
+    ports: Ports,
+) -> None:
+    for _ in range(3):
+        await ports.create()
     w = worker()
-    (task,) = await ports.queue.claim(w, 1)
-    beat = await ports.queue.heartbeat(w, task)
-    assert not beat.cancel_requested
+    task, other, third = await ports.queue.claim(w, 3)
+    before = (await ports.store.get(task.id)).lease_expires_at
+    assert before is not None
+    await asyncio.sleep(0.01)
+    beats = await ports.queue.heartbeat(w, [task, other, third])
+    assert [isinstance(b, Heartbeat) and not b.cancel_requested for b in beats] == [True] * 3
+    after = (await ports.store.get(task.id)).lease_expires_at
+    assert after is not None
+    assert after > before
     await ports.record(event_for(task, TaskCancelRequested))
-    assert (await ports.queue.heartbeat(w, task)).cancel_requested
-    with pytest.raises(LeaseLost):
-        await ports.queue.heartbeat(worker("someone-else"), task)
-    await ports.queue.release(w, task, "stopping")
-    with pytest.raises(LeaseLost):
-        await ports.queue.heartbeat(w, task)
+    await ports.queue.release(w, other, "stopping")
+    beats = await ports.queue.heartbeat(w, [task, other, third])
+    assert isinstance(beats[0], Heartbeat)
+    assert beats[0].cancel_requested
+    assert isinstance(beats[1], LeaseLost)  # released: no longer ours
+    assert isinstance(beats[2], Heartbeat)
+    assert not beats[2].cancel_requested
+    (lost,) = await ports.queue.heartbeat(worker("someone-else"), [third])
+    assert isinstance(lost, LeaseLost)
+    assert await ports.queue.heartbeat(w, []) == []
 
 
 async def test_reap_requeues_an_expired_lease(ports: Ports) -> None:

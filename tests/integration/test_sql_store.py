@@ -17,7 +17,7 @@ from flowyard.adapters.sql.wakeup import PollWaker
 from flowyard.adapters.sql.work_queue import SqlWorkQueue
 from flowyard.core.errors import Conflict, LeaseLost, SchemaMissing, TaskNotFound
 from flowyard.core.events import FileRef, TaskCreated, TaskDone, TaskProgress, utcnow
-from flowyard.core.ports import WorkerIdentity
+from flowyard.core.ports import Heartbeat, WorkerIdentity
 from flowyard.core.task import TaskState, rebuild
 
 WORKER = WorkerIdentity(id="h/w1", name="w1", host="h", flows=("debug.sleep", "image.blur"))
@@ -109,10 +109,12 @@ async def test_lease_fencing_and_reaping(queue: SqlWorkQueue) -> None:
     store = queue.store
     task = await store.record(new_task())
     [first] = await queue.claim(WORKER, 1)
-    assert (await queue.heartbeat(WORKER, first)).cancel_requested is False
+    (beat,) = await queue.heartbeat(WORKER, [first])
+    assert isinstance(beat, Heartbeat)
+    assert beat.cancel_requested is False
     assert await queue.reap(utcnow() + timedelta(seconds=60)) == 1
-    with pytest.raises(LeaseLost):
-        await queue.heartbeat(WORKER, first)
+    (beat,) = await queue.heartbeat(WORKER, [first])
+    assert isinstance(beat, LeaseLost)
     other = WorkerIdentity(id="h/w9", name="w9", host="h", flows=("debug.sleep",))
     [second] = await queue.claim(other, 1)
     assert second.attempt == 2

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from flowyard.adapters.memory import MemoryFiles, MemoryTaskStore, MemoryWorkQueue
-from flowyard.core.events import TaskCancelRequested, TaskCreated
+from flowyard.core.events import TaskCancelRequested, TaskCreated, TaskDone, TaskRequeued
 from flowyard.core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec
 from flowyard.core.ports import WorkerIdentity
 from flowyard.core.task import Task, TaskState, event_for
@@ -124,6 +124,31 @@ async def test_a_cancel_request_stops_the_flow(yard: Yard) -> None:
     done = await yard.finished(task.id)
     assert done.state is TaskState.cancelled
     assert done.error == "cancelled on request"
+
+
+async def test_a_lost_lease_stops_the_flow_and_drops_its_result(
+    yard: Yard, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker learns of it at its next heartbeat (one call for all its running flows;
+    one step, so no progress report finds out first)."""
+    task = await yard.create("debug.sleep", {"seconds": 30, "steps": 1})
+    first = await yard.until(task.id, TaskState.running)
+    await yard.store.record(event_for(first, TaskRequeued, reason="taken away"))
+    while (again := await yard.store.get(task.id)).attempt < 2:
+        yard.changed.clear()
+        await yard.changed.wait()
+    stopped = f"task {task.id}: task {task.id} attempt 1 is no longer ours; stopping its flow"
+    dropped = f"task {task.id} attempt 1 was taken away; result dropped"
+    for _ in range(300):  # within a heartbeat or two (0.05 s here)
+        if dropped in caplog.messages:
+            break
+        await asyncio.sleep(0.01)
+    assert stopped in caplog.messages
+    assert dropped in caplog.messages
+    await yard.store.record(event_for(again, TaskCancelRequested))
+    await yard.finished(task.id)
+    done = [e for e in await yard.store.events(task.id) if isinstance(e, TaskDone)]
+    assert [(e.attempt, e.status) for e in done] == [(2, "cancelled")]
 
 
 async def test_a_transient_failure_is_retried_by_the_flows_policy(yard: Yard) -> None:
