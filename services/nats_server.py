@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -53,11 +53,17 @@ from flowyard.bus.nats.worker_events import WorkerEventConsumer
 from flowyard.bus.nats.worker_protocol import NATS_LEASES
 from flowyard.core.backoff import Backoff
 from flowyard.core.errors import ConfigError, Unavailable
-from flowyard.core.events import TaskCreated
+from flowyard.core.events import Event, TaskCreated
 from flowyard.core.identity import Role
 from flowyard.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+MAY_ADD_WORK = frozenset(
+    {"task.created", "task.done", "task.requeued", "task.retried", "task.reprioritized"}
+)
+"""Events after which the scheduler may have work to send: new work, or a freed slot."""
 
 
 class NatsBridge:
@@ -92,12 +98,16 @@ class NatsBridge:
         self.webhook_intake: Take | None = None
         """Set when this server makes webhook deliveries from the event stream."""
 
-    def kick(self, _events: object = None) -> None:
-        """Commit listener: wake the relay (no I/O here)."""
+    def kick(self, events: Sequence[Event] | None = None) -> None:
+        """Commit listener: wake the relay, and the scheduler when the commit may have
+        made work sendable (no I/O here). A claim or a progress report changes no room:
+        a scheduler round for each of them was most of priority dispatch's cost."""
         self._kick.set()
         if self.relay is not None:
             self.relay.kick()
-        if self.scheduler is not None:
+        if self.scheduler is not None and (
+            events is None or any(event.type in MAY_ADD_WORK for event in events)
+        ):
             self.scheduler.kick()
 
     async def _disconnected(self) -> None:
