@@ -2,7 +2,7 @@
 
 Building a Core statement per claim (and SQLAlchemy deriving its cache key from
 the new object) cost more than running it. The statements differ only by whether
-the worker serves one owner, so four objects serve every claim:
+the worker serves one owner, so a handful of objects serve every claim:
 
 - PostgreSQL and SQLite: ``WITH picked AS (SELECT … FOR UPDATE SKIP LOCKED)
   UPDATE … FROM picked RETURNING …`` (SQLite ignores the lock clause; it has a
@@ -25,10 +25,12 @@ from flowyard.adapters.sql.schema import tasks
 from flowyard.core.ports import WorkerIdentity
 from flowyard.core.task import Task, TaskState
 
+_NOW = sa.bindparam("_now", type_=tasks.c.claimed_at.type)
+
 
 @functools.cache
 def _pick(one_owner: bool) -> sa.Select[Any]:
-    due = tasks.c.not_before.is_(None) | (tasks.c.not_before <= sa.bindparam("_now"))
+    due = tasks.c.not_before.is_(None) | (tasks.c.not_before <= _NOW)
     query = sa.select(tasks.c.id).where(
         (tasks.c.state == TaskState.queued.value)
         & tasks.c.flow.in_(sa.bindparam("_flows", expanding=True))
@@ -48,11 +50,11 @@ _CLAIM_VALUES: dict[str, Any] = {
     "attempt": tasks.c.attempt + 1,
     "worker_id": sa.bindparam("_worker"),
     "lease_expires_at": sa.bindparam("_deadline", type_=tasks.c.lease_expires_at.type),
-    "claimed_at": sa.bindparam("_claimed_at", type_=tasks.c.claimed_at.type),
+    "claimed_at": _NOW,
     "progress": 0.0,
     "message": "",
     "not_before": None,
-    "updated_at": sa.bindparam("_updated_at", type_=tasks.c.updated_at.type),
+    "updated_at": _NOW,
 }
 
 
@@ -81,8 +83,6 @@ def _params(
         "_limit": limit,
         "_worker": worker.id,
         "_deadline": deadline,
-        "_claimed_at": now,
-        "_updated_at": now,
     }
     if worker.owner is not None:
         params["_owner"] = worker.owner

@@ -90,11 +90,7 @@ class DispatchRecords:
         ``room``: at most that many per ``(owner, flow)``, and none of other pairs (a
         round reads what it can send, not the whole backlog).
         """
-        waiting = (
-            (tasks.c.state == TaskState.queued.value)
-            & tasks.c.work_sent_at.is_(None)
-            & (tasks.c.not_before.is_(None) | (tasks.c.not_before <= now))
-        )
+        waiting = _unsent_due(now)
         order = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
         if room is None:
             queries = [sa.select(tasks).where(waiting).order_by(*order).limit(limit)]
@@ -115,15 +111,7 @@ class DispatchRecords:
 
     async def unsent_pairs(self, now: datetime) -> set[tuple[str, str]]:
         """The ``(owner, flow)`` pairs with due work not sent yet."""
-        query = (
-            sa.select(tasks.c.owner, tasks.c.flow)
-            .where(
-                (tasks.c.state == TaskState.queued.value)
-                & tasks.c.work_sent_at.is_(None)
-                & (tasks.c.not_before.is_(None) | (tasks.c.not_before <= now))
-            )
-            .distinct()
-        )
+        query = sa.select(tasks.c.owner, tasks.c.flow).where(_unsent_due(now)).distinct()
         async with self.db.read() as conn:
             return {(r[0], r[1]) for r in (await conn.execute(query)).all()}
 
@@ -142,3 +130,12 @@ class DispatchRecords:
                 update = sa.update(tasks).where(where).values(work_sent_at=at)
                 marked.append(bool((await tx.conn.execute(update)).rowcount))
         return marked
+
+
+def _unsent_due(now: datetime) -> sa.ColumnElement[bool]:
+    """Queued, due by ``now``, and no work message out for it yet."""
+    return (
+        (tasks.c.state == TaskState.queued.value)
+        & tasks.c.work_sent_at.is_(None)
+        & (tasks.c.not_before.is_(None) | (tasks.c.not_before <= now))
+    )

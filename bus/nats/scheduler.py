@@ -146,10 +146,8 @@ class Scheduler:
         slots = await self.records.nats_slots(now - self.offline_after)
         if slots:
             in_use = await self.records.slots_in_use()
-            room = {
-                pair: free_slots(slots, {pair: in_use.get(pair, 0)})[pair]
-                for pair in await self.records.unsent_pairs(now)
-            }
+            waiting = await self.records.unsent_pairs(now)
+            room = free_slots(slots, {pair: in_use.get(pair, 0) for pair in waiting})
             chosen = await self.records.unsent(now, room=room)
         else:
             # no NATS worker announced yet (or none online): nothing to size the sending by,
