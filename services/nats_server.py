@@ -108,7 +108,7 @@ class NatsBridge:
         if self.scheduler is not None and (
             events is None or any(event.type in MAY_ADD_WORK for event in events)
         ):
-            self.scheduler.kick()
+            self.scheduler.kick(events)
 
     async def _disconnected(self) -> None:
         self._connected_at = None

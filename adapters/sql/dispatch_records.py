@@ -63,62 +63,76 @@ class DispatchRecords:
             rows = (await conn.execute(query)).all()
         return [(r.owner, set(r.flows or ()), int(r.concurrency or 0)) for r in rows]
 
-    async def slots_in_use(self) -> dict[tuple[str, str], int]:
-        """Per ``(owner, flow)``: attempts transport workers run, plus work sent but not claimed."""
+    async def room_counts(self, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+        """Per ``(owner, flow)`` with due work not sent yet: ``(in use, waiting)``, one read.
+
+        In use is what transport workers run plus work sent but not yet claimed.
+        """
+        waiting = _unsent_due(now)
         busy = (
             (tasks.c.state == TaskState.running.value)
             & (tasks.c.lease_keeper == self.kept.transport)
         ) | ((tasks.c.state == TaskState.queued.value) & tasks.c.work_sent_at.is_not(None))
         query = (
-            sa.select(tasks.c.owner, tasks.c.flow, sa.func.count())
-            .where(busy)
+            sa.select(
+                tasks.c.owner,
+                tasks.c.flow,
+                sa.func.sum(sa.case((busy, 1), else_=0)),
+                sa.func.sum(sa.case((waiting, 1), else_=0)),
+            )
+            .where(busy | waiting)
             .group_by(tasks.c.owner, tasks.c.flow)
         )
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return {(r[0], r[1]): int(r[2]) for r in rows}
+        return {(r[0], r[1]): (int(r[2] or 0), int(r[3] or 0)) for r in rows if r[3]}
 
-    async def unsent(
+    async def take_unsent(
         self,
         now: datetime,
         limit: int = 1000,
         *,
         room: Mapping[tuple[str, str], int] | None = None,
     ) -> list[Task]:
-        """Due queued tasks without a work message: highest priority first, then oldest.
+        """Due queued tasks without a work message, marked sent (``work_sent_at``) in one
+        transaction: highest priority first, then oldest.
 
         ``room``: at most that many per ``(owner, flow)``, and none of other pairs (a
-        round reads what it can send, not the whole backlog).
+        round reads what it can send, not the whole backlog). The rows are read with
+        ``FOR UPDATE SKIP LOCKED``, so two servers never take the same task, and one
+        ``UPDATE`` marks them all.
         """
         waiting = _unsent_due(now)
         order = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
         if room is None:
-            queries = [sa.select(tasks).where(waiting).order_by(*order).limit(limit)]
+            wanted = [(waiting, limit)]
         else:
-            queries = [
-                sa.select(tasks)
-                .where(waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow))
-                .order_by(*order)
-                .limit(min(n, limit))
+            wanted = [
+                (waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow), min(n, limit))
                 for (owner, flow), n in sorted(room.items())
                 if n > 0
             ]
+        if not wanted:
+            return []
         found: list[Task] = []
-        async with self.db.read() as conn:
-            for query in queries:
-                found += [task_from_row(r) for r in (await conn.execute(query)).all()]
+        async with self.db.write() as tx:
+            for where, n in wanted:
+                query = (
+                    sa.select(tasks)
+                    .where(where)
+                    .order_by(*order)
+                    .limit(n)
+                    .with_for_update(skip_locked=True)
+                )
+                found += [task_from_row(r) for r in (await tx.conn.execute(query)).all()]
+            if found:
+                mark = sa.update(tasks).where(tasks.c.id.in_([t.id for t in found]))
+                await tx.conn.execute(mark.values(work_sent_at=now))
         return sorted(found, key=lambda t: (-t.priority, t.created_at, t.id))
 
-    async def unsent_pairs(self, now: datetime) -> set[tuple[str, str]]:
-        """The ``(owner, flow)`` pairs with due work not sent yet."""
-        query = sa.select(tasks.c.owner, tasks.c.flow).where(_unsent_due(now)).distinct()
-        async with self.db.read() as conn:
-            return {(r[0], r[1]) for r in (await conn.execute(query)).all()}
-
-    async def mark_sent(self, batch: Sequence[Task], at: datetime | None) -> list[bool]:
-        """Claim the sending of each task's work, in one transaction (``at`` None: undo);
-        False for a task another server claimed, or that moved on meanwhile."""
-        marked = []
+    async def unmark_sent(self, batch: Sequence[Task]) -> None:
+        """Work that did not go out after all: clear ``work_sent_at`` so a later round sends it
+        (only while the task still waits for that attempt)."""
         async with self.db.write() as tx:
             for task in batch:
                 where = (
@@ -126,10 +140,7 @@ class DispatchRecords:
                     & (tasks.c.state == TaskState.queued.value)
                     & (tasks.c.attempt == task.attempt)
                 )
-                where &= tasks.c.work_sent_at.is_(None) if at is not None else sa.true()
-                update = sa.update(tasks).where(where).values(work_sent_at=at)
-                marked.append(bool((await tx.conn.execute(update)).rowcount))
-        return marked
+                await tx.conn.execute(sa.update(tasks).where(where).values(work_sent_at=None))
 
 
 def _unsent_due(now: datetime) -> sa.ColumnElement[bool]:

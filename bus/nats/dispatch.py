@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import nats.js.errors
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, best_effort, nats_errors
+from flowyard.bus.nats.broker import PUBLISH_TIMEOUT, best_effort, nats_errors, unavailable
 from flowyard.bus.nats.streams import (
     ATTEMPT_BASE,
     MSG_ID,
@@ -31,6 +32,7 @@ from flowyard.bus.nats.streams import (
     work_stream_config,
 )
 from flowyard.bus.nats.subjects import token, wake_subject, work_subject
+from flowyard.core.errors import FlowyardError, Unavailable
 from flowyard.core.events import TaskCreated
 from flowyard.core.task import Task
 
@@ -38,6 +40,15 @@ log = logging.getLogger(__name__)
 
 Prepare = Callable[[TaskCreated], Awaitable[None]]
 """Runs before a task's work is sent (the server uploads the task's inputs)."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """One work message: the task, the attempts used before it, its ``Nats-Msg-Id``."""
+
+    created: TaskCreated
+    base: int
+    msg_id: str
 
 
 def created_of(task: Task) -> TaskCreated:
@@ -112,31 +123,69 @@ class WorkDispatcher:
         return repaired
 
     async def send(self, created: TaskCreated, *, base: int, msg_id: str) -> None:
-        """Publish the work; a stream deleted under us is set up again and the publish retried."""
-        await self.ensure(created.owner, created.flow)
-        if self.prepare is not None:
-            await self.prepare(created)
-        with nats_errors(f"work for task {created.task_id}"):
-            try:
-                ack = await self._publish(created, base=base, msg_id=msg_id)
-            except nats.js.errors.NoStreamResponseError:
-                self._ready.discard((created.owner, created.flow))  # deleted under us: set up
-                await self.ensure(created.owner, created.flow)
-                ack = await self._publish(created, base=base, msg_id=msg_id)
-        if ack is not None and ack.duplicate:
-            log.debug("work %s was already sent", msg_id)
+        """Publish one task's work; raises what ``send_many`` reports for it."""
+        (error,) = await self.send_many([Work(created, base, msg_id)])
+        if error is not None:
+            raise error
 
-    async def _publish(self, created: TaskCreated, *, base: int, msg_id: str) -> PubAck | None:
-        return await self.broker.publish(
-            created.to_json().encode(),
+    async def send_many(self, batch: Sequence[Work]) -> list[FlowyardError | None]:
+        """Publish work in the given order without waiting for each PubAck; each item's error.
+
+        The messages go out one after the other on the connection (JetStream stores
+        them in that order), then all PubAcks are awaited together: a round of many
+        costs one round trip, not one each. A stream deleted under us is set up again
+        and that publish retried.
+        """
+        errors: list[FlowyardError | None] = [None] * len(batch)
+        acks: list[tuple[int, asyncio.Future[PubAck]]] = []
+        for index, work in enumerate(batch):
+            try:
+                await self.ensure(work.created.owner, work.created.flow)
+                if self.prepare is not None:
+                    await self.prepare(work.created)
+                with nats_errors(f"work for task {work.created.task_id}"):
+                    acks.append((index, await self._publish(work)))
+            except FlowyardError as exc:
+                errors[index] = exc
+        if acks:
+            await asyncio.wait([ack for _, ack in acks], timeout=PUBLISH_TIMEOUT)
+        for index, ack in acks:
+            errors[index] = await self._settle(batch[index], ack)
+        return errors
+
+    async def _settle(self, work: Work, ack: asyncio.Future[PubAck]) -> FlowyardError | None:
+        what = f"work for task {work.created.task_id}"
+        if not ack.done():
+            ack.cancel()
+            return Unavailable(f"NATS: {what} failed: no PubAck within {PUBLISH_TIMEOUT:.0f}s")
+        exc = ack.exception()
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            owner, flow = work.created.owner, work.created.flow
+            self._ready.discard((owner, flow))  # deleted under us: set it up and send again
+            try:
+                await self.ensure(owner, flow)
+                with nats_errors(what):
+                    await (await self._publish(work))
+            except FlowyardError as again:
+                return again
+            return None
+        if exc is not None:
+            return unavailable(what, exc)
+        if ack.result().duplicate:
+            log.debug("work %s was already sent", work.msg_id)
+        return None
+
+    async def _publish(self, work: Work) -> asyncio.Future[PubAck]:
+        created = work.created
+        return await self.js.publish_async(
             work_subject(created.owner, created.flow),
+            created.to_json().encode(),
+            stream=work_stream(created.owner),
             headers={
-                MSG_ID: msg_id,
-                ATTEMPT_BASE: str(base),
+                MSG_ID: work.msg_id,
+                ATTEMPT_BASE: str(work.base),
                 "content-type": "application/json",
             },
-            stream=work_stream(created.owner),
-            timeout=PUBLISH_TIMEOUT,
         )
 
     async def wake(self, owner: str, flow: str) -> None:

@@ -29,16 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from flowyard.bus.nats.dispatch import WorkDispatcher, created_of
+from flowyard.bus.nats.dispatch import Work, WorkDispatcher, created_of
 from flowyard.core.backoff import Backoff
 from flowyard.core.errors import FlowyardError, Unavailable
-from flowyard.core.events import utcnow
+from flowyard.core.events import Event, TaskCreated, TaskRequeued, utcnow
 from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,9 @@ class DueRecords(Protocol):
 
     async def nats_slots(self, seen_since: datetime) -> list[tuple[str | None, set[str], int]]: ...
 
-    async def slots_in_use(self) -> dict[tuple[str, str], int]: ...
+    async def room_counts(self, now: datetime) -> dict[tuple[str, str], tuple[int, int]]: ...
 
-    async def unsent(
+    async def take_unsent(
         self,
         now: datetime,
         limit: int = 1000,
@@ -63,9 +65,7 @@ class DueRecords(Protocol):
         room: Mapping[tuple[str, str], int] | None = None,
     ) -> list[Task]: ...
 
-    async def unsent_pairs(self, now: datetime) -> set[tuple[str, str]]: ...
-
-    async def mark_sent(self, batch: Sequence[Task], at: datetime | None) -> list[bool]: ...
+    async def unmark_sent(self, batch: Sequence[Task]) -> None: ...
 
 
 def free_slots(
@@ -97,19 +97,29 @@ class Scheduler:
         lookback: float = 600.0,
         gated: bool = True,
         offline_after: float = 60.0,
+        slots_every: float = 1.0,
     ) -> None:
+        """``slots_every``: how long the workers' announced slots are reused between reads
+        (they change when a worker starts or stops, not with every task)."""
         self.records = records
         self.dispatcher = dispatcher
         self.interval = interval
         self.lookback = timedelta(seconds=lookback)
         self.gated = gated
         self.offline_after = timedelta(seconds=offline_after)
+        self.slots_every = slots_every
         self._sent: OrderedDict[tuple[uuid.UUID, int], None] = OrderedDict()
         self._kick = asyncio.Event()
+        self._slots: list[tuple[str | None, set[str], int]] = []
+        self._slots_read_at = -math.inf
+        self._next_due: datetime | None = None
+        self._next_due_read_at = -math.inf
         self.sent = 0
 
-    def kick(self, _events: object = None) -> None:
+    def kick(self, events: Sequence[Event] | None = None) -> None:
         """New events may have made work sendable (a new task, a freed slot)."""
+        if events is None or any(_scheduled(event) for event in events):
+            self._next_due_read_at = -math.inf  # something may now be due sooner
         self._kick.set()
 
     async def run(self) -> None:
@@ -127,55 +137,64 @@ class Scheduler:
                 await asyncio.wait_for(self._kick.wait(), wait)
 
     async def _until_next(self) -> float:
+        """Seconds until the next scheduled task is due (at most ``interval``).
+
+        Read again once per ``interval``, after a kick with scheduled work, or once the
+        last answer is due; not after every round."""
         now = utcnow()
-        nxt = await self.records.next_due(now)
-        if nxt is None:
+        stale = time.monotonic() - self._next_due_read_at >= self.interval
+        if stale or (self._next_due is not None and self._next_due <= now):
+            self._next_due = await self.records.next_due(now)
+            self._next_due_read_at = time.monotonic()
+        if self._next_due is None:
             return self.interval
-        return max(0.0, min(self.interval, (nxt - now).total_seconds()))
+        return max(0.0, min(self.interval, (self._next_due - now).total_seconds()))
 
     async def once(self, now: datetime | None = None) -> int:
         now = now or utcnow()
         return await (self._gated(now) if self.gated else self._due(now))
 
+    async def _worker_slots(self, now: datetime) -> list[tuple[str | None, set[str], int]]:
+        if time.monotonic() - self._slots_read_at >= self.slots_every:
+            self._slots = await self.records.nats_slots(now - self.offline_after)
+            self._slots_read_at = time.monotonic()
+        return self._slots
+
     async def _gated(self, now: datetime) -> int:
         """Send the highest-priority due work that the NATS workers have room for.
 
-        A round reads only what it can send (per owner and flow, as many as have room),
-        marks it all sent in one transaction, then publishes it in priority order.
+        A round costs one read (slots in use and work waiting, per owner and flow) and
+        one transaction that takes what has room and marks it sent; then the messages
+        go out in priority order, their PubAcks awaited together.
         """
-        slots = await self.records.nats_slots(now - self.offline_after)
+        slots = await self._worker_slots(now)
         if slots:
-            in_use = await self.records.slots_in_use()
-            waiting = await self.records.unsent_pairs(now)
-            room = free_slots(slots, {pair: in_use.get(pair, 0) for pair in waiting})
-            chosen = await self.records.unsent(now, room=room)
+            counts = await self.records.room_counts(now)
+            if not counts:
+                return 0
+            room = free_slots(slots, {pair: busy for pair, (busy, _) in counts.items()})
+            chosen = await self.records.take_unsent(now, room=room)
         else:
             # no NATS worker announced yet (or none online): nothing to size the sending by,
             # so work goes out at once, in priority order, as before (the stream keeps it)
-            chosen = await self.records.unsent(now)
+            chosen = await self.records.take_unsent(now)
         if not chosen:
             return 0
-        marked = await self.records.mark_sent(chosen, now)
-        ours = [task for task, mine in zip(chosen, marked, strict=True) if mine]
-        sent = 0
-        woken: set[tuple[str, str]] = set()
-        for index, task in enumerate(ours):
-            try:
-                await self._send(task)
-            except FlowyardError as exc:
-                if isinstance(exc, Unavailable):  # this and the rest are not out: later
-                    with contextlib.suppress(Unavailable):
-                        await self.records.mark_sent(ours[index:], None)
-                    raise
-                with contextlib.suppress(Unavailable):
-                    await self.records.mark_sent([task], None)  # not out: send it again later
-                log.error("work for task %s not sent: %s", task.id, exc.message)
-                continue
-            woken.add((task.owner, task.flow))
-            sent += 1
-        await self._wake(woken)
-        self.sent += sent
-        return sent
+        errors = await self.dispatcher.send_many([_work(task) for task in chosen])
+        failed = [task for task, error in zip(chosen, errors, strict=True) if error is not None]
+        if failed:
+            with contextlib.suppress(Unavailable):  # not out: a later round sends them
+                await self.records.unmark_sent(failed)
+        for task, error in zip(chosen, errors, strict=True):
+            if error is not None and not isinstance(error, Unavailable):
+                log.error("work for task %s not sent: %s", task.id, error.message)
+        sent = [task for task, error in zip(chosen, errors, strict=True) if error is None]
+        await self._wake({(task.owner, task.flow) for task in sent})
+        self.sent += len(sent)
+        outage = next((e for e in errors if isinstance(e, Unavailable)), None)
+        if outage is not None:
+            raise outage
+        return len(sent)
 
     async def _due(self, now: datetime) -> int:
         """Send the work of every task due now that this process has not sent yet."""
@@ -202,10 +221,19 @@ class Scheduler:
         return sent
 
     async def _send(self, task: Task) -> None:
-        await self.dispatcher.send(
-            created_of(task), base=task.attempt, msg_id=f"work:{task.id}:{task.attempt}"
-        )
+        work = _work(task)
+        await self.dispatcher.send(work.created, base=work.base, msg_id=work.msg_id)
 
     async def _wake(self, woken: set[tuple[str, str]]) -> None:
         for owner, flow in sorted(woken):
             await self.dispatcher.wake(owner, flow)
+
+
+def _work(task: Task) -> Work:
+    """A queued task's work message; its id names the attempt, so two servers send it once."""
+    return Work(created_of(task), task.attempt, f"work:{task.id}:{task.attempt}")
+
+
+def _scheduled(event: Event) -> bool:
+    """An event that puts a task's next attempt in the future (``not_before``)."""
+    return isinstance(event, TaskCreated | TaskRequeued) and event.not_before is not None

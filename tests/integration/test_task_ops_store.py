@@ -89,6 +89,39 @@ async def test_due_work_for_the_nats_scheduler(store: SqlTaskStore) -> None:
     assert waiting == {due.id, plain.id}  # the reconciler leaves not-yet-due work alone
 
 
+async def test_priority_dispatch_takes_what_has_room_once(store: SqlTaskStore) -> None:
+    """One read sizes a round, one transaction takes and marks the work; a second taker
+    (another server) gets none of it, and work that did not go out is given back."""
+    now = utcnow()
+    sent = {"relayed_at": now}
+    low = [await store.record(created(), **sent) for _ in range(3)]
+    high = await store.record(created(priority=9), **sent)
+    other = await store.record(created(owner="bob"), **sent)
+    later = await store.record(created(not_before=now + timedelta(minutes=5)), **sent)
+    projection = SqlProjection(store.db)
+    assert await projection.room_counts(now) == {
+        ("admin", "debug.sleep"): (0, 4),
+        ("bob", "debug.sleep"): (0, 1),
+    }
+    pair = ("admin", "debug.sleep")
+    taken = await projection.take_unsent(now, room={pair: 2})
+    assert [t.id for t in taken] == [high.id, low[0].id]  # priority, then the oldest
+    rest = await projection.take_unsent(now, room={pair: 5})
+    assert [t.id for t in rest] == [low[1].id, low[2].id]  # what was taken is not sent twice
+    assert await projection.take_unsent(now, room={pair: 5}) == []
+    assert await projection.room_counts(now) == {("bob", "debug.sleep"): (0, 1)}
+    await projection.unmark_sent([taken[1]])
+    again = await projection.take_unsent(now)
+    assert {t.id for t in again} == {low[0].id, other.id}
+    assert later.id not in {t.id for t in taken + again}  # not due: never sent early
+    many = {(await store.record(created(), **sent)).id for _ in range(6)}
+    first, second = await asyncio.gather(
+        projection.take_unsent(now, room={pair: 6}), projection.take_unsent(now, room={pair: 6})
+    )
+    assert {t.id for t in first} | {t.id for t in second} == many
+    assert not {t.id for t in first} & {t.id for t in second}  # two servers: each task once
+
+
 async def finished_at(store: SqlTaskStore, when: datetime, state: str = "succeeded") -> uuid.UUID:
     task = await store.record(created(at=when))
     await store.record(
