@@ -8,6 +8,7 @@ COMMITTED so a long-lived poller sees new rows; PostgreSQL keeps its default.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from flowyard.adapters.sql import inline_sqlite
@@ -47,15 +48,21 @@ gets ``Unavailable`` and retries.
 """
 
 
+PING_IDLE_SECONDS = 1.0
+"""A pooled connection unused for longer than this is tested before use."""
+
+
 def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
     """An async engine for any supported URI (``sqlite``, ``postgresql``, ``mysql``/``mariadb``).
 
-    ``pre_ping`` tests each pooled connection before use (one round trip per
-    transaction) so the first request after a database restart does not fail;
-    processes that retry every call anyway (workers) can leave it off.
+    ``pre_ping`` tests a pooled connection before use when it sat idle for more than
+    ``PING_IDLE_SECONDS``, so the first request after a database restart does not
+    fail; one used a moment ago is not tested again (a test is a round trip, and
+    every transaction paid it). Processes that retry every call anyway (workers)
+    leave it off.
     """
     url = make_url(normalise_database_uri(uri))
-    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping}
+    kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +82,34 @@ def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> Asyn
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    elif pre_ping:
+        _ping_when_idle(engine.sync_engine, PING_IDLE_SECONDS)
     return engine
+
+
+def _ping_when_idle(engine: sa.Engine, after: float) -> None:
+    """SQLAlchemy's pre-ping, only for connections idle longer than ``after`` seconds.
+
+    A failed test raises ``DisconnectionError`` from the checkout, which makes the
+    pool drop that connection and hand out a new one (SQLAlchemy's documented way).
+    """
+    dialect = engine.dialect
+    driver_error: type[BaseException] = dialect.loaded_dbapi.Error
+
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def taken(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < after:
+            return  # new, or used a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except driver_error as exc:
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+
+    event.listen(engine, "checkin", returned)
+    event.listen(engine, "checkout", taken)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -76,7 +77,21 @@ CANCEL_CHANNEL = "flowyard_cancel"
 
 WORK_EVENTS = frozenset({"task.created", "task.requeued", "task.retried"})
 
-_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+
+@functools.lru_cache(maxsize=64)
+def _notify_all(count: int) -> sa.TextClause:
+    """One statement for all the NOTIFYs of a transaction (one round trip, not one each)."""
+    calls = ", ".join(f"pg_notify(:c{i}, :p{i})" for i in range(count))
+    return sa.text(f"SELECT {calls}")
+
+
+def _notify_params(keys: Sequence[tuple[str, str]]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for i, (channel, payload) in enumerate(keys):
+        params[f"c{i}"], params[f"p{i}"] = channel, payload
+    return params
+
+
 _MAX_SUPPRESSED = 10_000
 FIRST_LISTEN_SECONDS = 5.0
 
@@ -237,16 +252,19 @@ class PgNotifier:
 
     async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
         now = asyncio.get_running_loop().time()
+        due: list[tuple[str, str]] = []
         for key, event_id in self._keys(batch).items():
             if key[0] == CANCEL_CHANNEL:  # one per task and rare: never debounced nor remembered
-                await tx.conn.execute(_NOTIFY, {"channel": key[0], "payload": key[1]})
+                due.append(key)
                 continue
             last = self._sent.get(key)
             if last is not None and now - last < self._window:
                 self._suppressed.setdefault(event_id, set()).add(key)
                 continue
             self._sent[key] = now
-            await tx.conn.execute(_NOTIFY, {"channel": key[0], "payload": key[1]})
+            due.append(key)
+        if due:
+            await tx.conn.execute(_notify_all(len(due)), _notify_params(due))
         if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
             for keys in self._suppressed.values():
                 self._pending.update(keys)
@@ -276,8 +294,8 @@ class PgNotifier:
             self._sent[key] = now
         try:
             async with self._engine.connect() as conn:
-                for channel, payload in sorted(keys):
-                    await conn.execute(_NOTIFY, {"channel": channel, "payload": payload})
+                ordered = sorted(keys)
+                await conn.execute(_notify_all(len(ordered)), _notify_params(ordered))
                 await conn.commit()
         except (SQLAlchemyError, OSError) as exc:  # a hint only: pollers catch up
             log.debug("trailing NOTIFY failed: %s", exc)
