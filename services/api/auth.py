@@ -24,7 +24,7 @@ CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def authenticator(request: Request) -> Authenticator:
+async def authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.runtime.auth
     return auth
 
@@ -37,7 +37,7 @@ async def principal(request: Request) -> Principal:
     cached: Principal | None = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    auth = authenticator(request)
+    auth = await authenticator(request)
     found = auth.local if not auth.required else await _authenticate(request, auth)
     request.state.principal = found
     return found

@@ -7,6 +7,8 @@ from fastapi import Request
 from flowyard.services.runtime import Runtime
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool (a
+    thread trip per request)."""
     rt: Runtime = request.app.state.runtime
     return rt

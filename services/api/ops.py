@@ -32,7 +32,7 @@ async def ping() -> dict[str, str]:
 @router.get("/api/ready", include_in_schema=False)
 async def ready(request: Request) -> JSONResponse:
     """Readiness: the database answers and, when configured, NATS is connected; else 503."""
-    rt = runtime(request)
+    rt = await runtime(request)
     checks: dict[str, Any] = {}
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
@@ -55,6 +55,6 @@ async def metrics(request: Request, caller: Admin) -> Response:
     """Prometheus text format; gauges come from a snapshot at most 5 s old."""
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    rt = runtime(request)
+    rt = await runtime(request)
     await rt.metrics.refresh(rt)
     return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)

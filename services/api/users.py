@@ -76,7 +76,7 @@ class CreateToken(BaseModel):
     expires_days: StrictFloat | None = Field(default=None, gt=0, le=3650)
 
 
-def user_store(request: Request) -> SqlUserStore:
+async def user_store(request: Request) -> SqlUserStore:
     """The whole user store (administration), not only what sign-in needs."""
     users: SqlUserStore = request.app.state.runtime.users
     return users
