@@ -68,6 +68,24 @@ class Heartbeat:
     cancel_requested: bool = False
 
 
+@dataclass(frozen=True)
+class Refill:
+    """Claim up to ``limit`` tasks of ``worker``'s flows in the write of results that free
+    their slots (``WorkQueue.report_many``)."""
+
+    worker: WorkerIdentity
+    limit: int
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What ``report_many`` did: each event's refusal in its place (``None``: recorded),
+    and the tasks it claimed in the same write (``Refill``)."""
+
+    refused: list[LeaseLost | None]
+    claimed: Sequence[Task] = ()
+
+
 @dataclass
 class AttemptFiles:
     """Local paths for one attempt of a task."""
@@ -225,10 +243,18 @@ class WorkQueue(Protocol):
         ...
 
     async def report_many(
-        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
         """Record several attempts' ends at once (one transaction where the store allows);
-        each is refused alone: its ``LeaseLost`` stands in its place, ``None`` if recorded."""
+        each is refused alone: its ``LeaseLost`` stands in its place, ``None`` if recorded.
+
+        ``refill``: also claim new work for the slots these results free, in the same
+        transaction (a database); a queue that cannot claims nothing here and its
+        worker's claim loop takes the slots.
+        """
         ...
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:

@@ -36,7 +36,7 @@ from flowyard.core.flow import BatchItem, Flow, run_items
 from flowyard.core.ports import AttemptFiles, FlowSource, TaskFiles, WorkerIdentity, WorkQueue
 from flowyard.core.retry import after_failure
 from flowyard.core.task import Task, event_for
-from flowyard.services.completer import Completer
+from flowyard.services.completer import Completer, Slots
 from flowyard.services.run_context import RunContext
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,17 @@ class AttemptRunner:
         flows: FlowSource,
         options: RunnerOptions,
         concluded: Callable[[uuid.UUID], None],
+        slots: Slots | None = None,
     ) -> None:
-        """``concluded`` is told each task whose attempt ended (reported, or given up)."""
+        """``concluded`` is told each task whose attempt ended (reported, or given up);
+        ``slots``: the worker's, filled by the writes of results (``completer.py``)."""
         self.identity = identity
         self.queue = queue
         self.files = files
         self.flows = flows
         self.options = options
         self.concluded = concluded
-        self.completer = Completer(queue, identity)
+        self.completer = Completer(queue, identity, slots=slots)
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, identity.concurrency), thread_name_prefix="flow"
         )

@@ -4,27 +4,46 @@ A worker's results arrive one by one from its flows. The completer records the
 first at once; whatever finishes while that write is under way is recorded in the
 next one, all together (``WorkQueue.report_many``: one transaction on a database).
 So an idle worker adds no delay to a single result, and a busy one pays one
-transaction per batch instead of one per task. Each caller still learns its own
-outcome: ``report`` returns once its result is recorded, or raises ``LeaseLost``
-when that result alone was refused. Outages are waited out with a backoff (event
-ids make a repeated write harmless), as a single report always was.
+transaction per batch instead of one per task. The write also claims work for
+the slots its results free (``Slots``, a ``Refill``): a busy database worker
+claims in the transactions of its results, not in transactions of its own.
+Each caller still learns its own outcome: ``report`` returns once its result is
+recorded, or raises ``LeaseLost`` when that result alone was refused. Outages are
+waited out with a backoff (event ids make a repeated write harmless), as a single
+report always was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flowyard.core.backoff import Backoff
 from flowyard.core.errors import LeaseLost, Unavailable
 from flowyard.core.events import TaskDone, TaskRequeued
-from flowyard.core.ports import WorkerIdentity, WorkQueue
+from flowyard.core.ports import Refill, WorkerIdentity, WorkQueue
+from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 64
 """Results per write at most: a long transaction holds its rows' locks longer."""
+
+
+class Slots(Protocol):
+    """The worker's free slots, which a write of results may fill."""
+
+    def reserve(self, ending: Sequence[uuid.UUID]) -> Refill | None:
+        """Hold the slots free once these tasks end, for a claim in their write."""
+        ...
+
+    def fill(self, refill: Refill | None, claimed: Sequence[Task]) -> None:
+        """Start what the write claimed; give back the rest of the held slots."""
+        ...
 
 
 @dataclass
@@ -35,11 +54,17 @@ class _Pending:
 
 class Completer:
     def __init__(
-        self, queue: WorkQueue, identity: WorkerIdentity, *, limit: int = BATCH_LIMIT
+        self,
+        queue: WorkQueue,
+        identity: WorkerIdentity,
+        *,
+        limit: int = BATCH_LIMIT,
+        slots: Slots | None = None,
     ) -> None:
         self.queue = queue
         self.identity = identity
         self.limit = limit
+        self.slots = slots
         self.batches = 0
         """Writes made (results / batches is the batching achieved)."""
         self._pending: list[_Pending] = []
@@ -81,17 +106,24 @@ class Completer:
 
     async def _write(self, batch: list[_Pending]) -> list[LeaseLost | None]:
         events = [pending.event for pending in batch]
+        refill = self.slots.reserve([e.task_id for e in events]) if self.slots else None
+        claimed: Sequence[Task] = ()
         backoff = Backoff(first=0.2, cap=5.0)
-        while True:
-            try:
-                outcomes = await self.queue.report_many(self.identity, events)
-            except Unavailable as exc:
-                pause = backoff.failed()
-                log.warning("report results failed, retrying in %.1fs: %s", pause, exc.message)
-                await asyncio.sleep(pause)
-            else:
-                self.batches += 1
-                return outcomes
+        try:
+            while True:
+                try:
+                    reported = await self.queue.report_many(self.identity, events, refill)
+                except Unavailable as exc:
+                    pause = backoff.failed()
+                    log.warning("report results failed, retrying in %.1fs: %s", pause, exc.message)
+                    await asyncio.sleep(pause)
+                else:
+                    self.batches += 1
+                    claimed = reported.claimed
+                    return reported.refused
+        finally:
+            if self.slots is not None:
+                self.slots.fill(refill, claimed)
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:

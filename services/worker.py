@@ -1,7 +1,10 @@
 """The worker: claim work, hand it to the attempt runner, drain on stop.
 
 The same class runs in every mode; only the ``WorkQueue`` and ``TaskFiles`` it
-is given differ. It claims only as many tasks as it has free slots. A flow that
+is given differ. It claims only as many tasks as it has free slots: a slot is
+free when no flow runs in it and no claim for it is under way. A busy worker's
+claims ride the writes of its results (the completer's ``Refill``), which fill
+the slots those results free; the claim loop takes what is left, and waits. A flow that
 batches gets same-flow tasks claimed together (topped up once within the flow's
 ``batch_window``) and run in one thread, each task still with its own
 heartbeats, progress, files and result (``attempt_runner.py``). On ``stop`` it
@@ -15,12 +18,12 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from flowyard.core.backoff import Backoff
 from flowyard.core.errors import FlowNotFound, LeaseLost, Unavailable
-from flowyard.core.ports import FlowSource, TaskFiles, WorkerIdentity, WorkQueue
+from flowyard.core.ports import FlowSource, Refill, TaskFiles, WorkerIdentity, WorkQueue
 from flowyard.core.task import Task
 from flowyard.services.attempt_runner import AttemptRunner, RunnerOptions, retrying
 
@@ -57,6 +60,9 @@ class Worker:
         self.options = options
         self.maintenance = maintenance
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._reserved = 0
+        """Slots held for claims under way (the claim loop's, or a write's ``Refill``)."""
+        self._releasing: set[asyncio.Task[None]] = set()
         self._runner = AttemptRunner(
             identity,
             queue,
@@ -64,6 +70,7 @@ class Worker:
             flows,
             RunnerOptions(options.heartbeat_seconds, options.progress_interval, options.device),
             concluded=self._concluded,
+            slots=self,
         )
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -74,6 +81,36 @@ class Worker:
     @property
     def busy(self) -> int:
         return len(self._running)
+
+    def _free(self) -> int:
+        return self.identity.concurrency - len(self._running) - self._reserved
+
+    def reserve(self, ending: Sequence[uuid.UUID]) -> Refill | None:
+        """Slots for a claim in the write of these results: those they free, and any free.
+
+        Only flows that do not batch are claimed this way; a batch is formed (and
+        topped up within its window) by the claim loop.
+        """
+        if self._stopping.is_set():
+            return None
+        flows = tuple(f for f in self.identity.flows if self._batch_size(f) <= 1)
+        free = self._free() + sum(1 for task_id in set(ending) if task_id in self._running)
+        if free <= 0 or not flows:
+            return None
+        self._reserved += free
+        return Refill(dataclasses.replace(self.identity, flows=flows), free)
+
+    def fill(self, refill: Refill | None, claimed: Sequence[Task]) -> None:
+        if refill is None:
+            return
+        self._reserved -= refill.limit
+        if not self._stopping.is_set():
+            self._start(list(claimed))
+            return
+        for task in claimed:  # stopped while that write was under way: give them back
+            job = asyncio.create_task(self._release(task, "worker stopping"))
+            self._releasing.add(job)
+            job.add_done_callback(self._releasing.discard)
 
     def cancel(self, task_id: uuid.UUID) -> None:
         """Ask a running flow to stop (cancel request seen on the bus)."""
@@ -104,30 +141,39 @@ class Worker:
     async def _claim_loop(self) -> None:
         backoff = Backoff(first=0.1, cap=5.0)
         while not self._stopping.is_set():
-            free = self.identity.concurrency - len(self._running)
+            free = self._free()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            self._reserved += free
+            pause = 0.0
             try:
                 claimed = list(await self.queue.claim(self.identity, free))
+                claimed += await self._fill(claimed, free - len(claimed))
             except Unavailable as exc:
                 pause = backoff.failed()
                 log.warning("claim failed, retrying in %.1fs: %s", pause, exc.message)
+                claimed = []
+            finally:
+                self._reserved -= free
+            if pause:
                 await self._sleep(pause)
                 continue
             backoff.succeeded()
-            claimed += await self._fill(claimed, free - len(claimed))
-            for batch in self._batches(claimed):
-                job = asyncio.create_task(self._execute(batch), name=f"task-{batch[0].id}")
-                for task in batch:
-                    self._running[task.id] = job
+            self._start(claimed)
             if not claimed:
                 waiter = asyncio.create_task(self.queue.wait_for_work(self.options.poll_interval))
                 stopper = asyncio.create_task(self._stopping.wait())
                 await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 for pending in (waiter, stopper):
                     pending.cancel()
+
+    def _start(self, claimed: list[Task]) -> None:
+        for batch in self._batches(claimed):
+            job = asyncio.create_task(self._execute(batch), name=f"task-{batch[0].id}")
+            for task in batch:
+                self._running[task.id] = job
 
     def _batch_size(self, flow: str) -> int:
         try:
@@ -194,6 +240,8 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         self._runner.pool.shutdown(wait=False, cancel_futures=True)
         await self._runner.completer.settle(within=self.options.grace_seconds)
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=self.options.grace_seconds)
         await self.queue.close()
 
     async def _execute(self, batch: list[Task]) -> None:

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from flowyard.core.errors import ConfigError, LeaseLost
 from flowyard.core.events import TaskDone, TaskProgress, TaskRequeued, utcnow
-from flowyard.core.ports import Heartbeat, WorkerIdentity, WorkQueue
+from flowyard.core.ports import Heartbeat, Refill, Reported, WorkerIdentity, WorkQueue
 from flowyard.core.task import Task
 from flowyard.services.metrics import DURATION_BUCKETS, seconds_between
 
@@ -124,13 +124,17 @@ class MeteredWorkQueue:
             self.metrics.on_done(event)
 
     async def report_many(
-        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
-        outcomes = await self.inner.report_many(worker, events)
-        for event, refused in zip(events, outcomes, strict=True):
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
+        reported = await self.inner.report_many(worker, events, refill)
+        for event, refused in zip(events, reported.refused, strict=True):
             if refused is None and isinstance(event, TaskDone):
                 self.metrics.on_done(event)
-        return outcomes
+        self.metrics.on_claimed(reported.claimed)
+        return reported
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         await self.inner.release(worker, task, reason)

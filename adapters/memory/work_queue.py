@@ -30,7 +30,7 @@ from flowyard.core.events import (
     TaskRequeued,
     utcnow,
 )
-from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.ports import Heartbeat, Refill, Reported, WorkerIdentity
 from flowyard.core.results import each_reported
 from flowyard.core.task import Task, TaskState, event_for, lease_expired
 
@@ -142,9 +142,14 @@ class MemoryWorkQueue:
             raise LeaseLost(f"result of task {event.task_id} refused: {exc.message}") from exc
 
     async def report_many(
-        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
-        return await each_reported(lambda event: self.report(worker, event), events)
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
+        refused = await each_reported(lambda event: self.report(worker, event), events)
+        claimed = await self.claim(refill.worker, refill.limit) if refill is not None else ()
+        return Reported(refused, claimed)
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         try:

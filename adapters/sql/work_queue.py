@@ -1,7 +1,9 @@
 """The database work queue: claims with ``FOR UPDATE SKIP LOCKED``, leases, reaping.
 
 A claim is one short transaction: the claim statement of the dialect family
-(``claims.py``) and one multi-row insert of the ``task.claimed`` events.
+(``claims.py``) and one multi-row insert of the ``task.claimed`` events. A busy
+worker's claims ride the writes of its results (``report_many`` with a
+``Refill``): the slots those results free are filled in the same transaction.
 
 No transaction stays open while a flow runs: a lease (a deadline column) marks
 ownership, heartbeats extend it, and ``reap`` turns expired leases into
@@ -20,14 +22,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from flowyard.adapters.sql.claims import claim_rows
-from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.database import Database, Tx
 from flowyard.adapters.sql.held_results import NotAllHeld, is_held_result, record_held_results
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
 from flowyard.core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
 from flowyard.core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
-from flowyard.core.ports import Heartbeat, Waker, WorkerIdentity
+from flowyard.core.ports import Heartbeat, Refill, Reported, Waker, WorkerIdentity
 from flowyard.core.task import Task, TaskState, apply, event_for, lease_expired
 
 log = logging.getLogger(__name__)
@@ -55,21 +57,26 @@ class SqlWorkQueue:
             return []
         self.waker.clear()
         now = utcnow()
-        deadline = now + self.lease
         async with self.db.write() as tx:
-            claimed = await claim_rows(tx, self.db.dialect, worker, limit, now, deadline)
-            await append_events(
-                tx,
-                [
-                    event_for(
-                        t, TaskClaimed, at=now, worker_id=worker.id, lease_expires_at=deadline
-                    )
-                    for t in claimed
-                ],
-            )
+            claimed = await self._claim_in(tx, Refill(worker, limit), now)
         self.waker.found_work(bool(claimed))
         if len(claimed) < limit:
             self._next_due = await self._next_scheduled(worker, now)
+        return claimed
+
+    async def _claim_in(self, tx: Tx, refill: Refill | None, now: datetime) -> list[Task]:
+        """The claim statement and one insert of the ``task.claimed`` events, in ``tx``."""
+        if refill is None or refill.limit <= 0 or not refill.worker.flows:
+            return []
+        worker, deadline = refill.worker, now + self.lease
+        claimed = await claim_rows(tx, self.db.dialect, worker, refill.limit, now, deadline)
+        await append_events(
+            tx,
+            [
+                event_for(t, TaskClaimed, at=now, worker_id=worker.id, lease_expires_at=deadline)
+                for t in claimed
+            ],
+        )
         return claimed
 
     async def _next_scheduled(self, worker: WorkerIdentity, now: datetime) -> datetime | None:
@@ -127,12 +134,16 @@ class SqlWorkQueue:
             raise LeaseLost(f"result of task {event.task_id} refused: {exc.message}") from exc
 
     async def report_many(
-        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
         """One transaction for all, rows locked in task-id order (no deadlock between two
-        workers' batches). The worker's own results are written under their fence without
-        reading the rows (``held_results.py``); if any fence fails, the batch is rolled
-        back and recorded event by event, which refuses exactly the stale ones."""
+        workers' batches), and the claim of ``refill`` after them. The worker's own
+        results are written under their fence without reading the rows
+        (``held_results.py``); if any fence fails, the batch is rolled back and recorded
+        event by event, which refuses exactly the stale ones."""
         ordered = sorted(events, key=lambda e: e.task_id)
         held = [e for e in ordered if is_held_result(e)]
         try:
@@ -141,13 +152,17 @@ class SqlWorkQueue:
                 for event in ordered:
                     if not is_held_result(event):
                         await record_in(tx, event)  # a retry's requeue: rare, one by one
-            return [None] * len(events)
+                claimed = await self._claim_in(tx, refill, utcnow())
+            return Reported([None] * len(events), claimed)
         except (NotAllHeld, StaleAttempt, IllegalTransition, TaskFinished):
-            return await self._report_each(ordered, events)
+            return await self._report_each(ordered, events, refill)
 
     async def _report_each(
-        self, ordered: Sequence[TaskDone | TaskRequeued], events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
+        self,
+        ordered: Sequence[TaskDone | TaskRequeued],
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None,
+    ) -> Reported:
         """Event by event, in one transaction: a refusal is raised by ``apply`` before
         anything of its event is written, so the others still commit."""
         outcomes: dict[uuid.UUID, LeaseLost | None] = {}
@@ -159,7 +174,8 @@ class SqlWorkQueue:
                 except (StaleAttempt, IllegalTransition, TaskFinished) as exc:
                     refused = f"result of task {event.task_id} refused: {exc.message}"
                     outcomes[event.id] = LeaseLost(refused)
-        return [outcomes[event.id] for event in events]
+            claimed = await self._claim_in(tx, refill, utcnow())
+        return Reported([outcomes[event.id] for event in events], claimed)
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         event = event_for(task, TaskRequeued, reason=reason)

@@ -64,7 +64,7 @@ from flowyard.core.events import (
     TaskRequeued,
     utcnow,
 )
-from flowyard.core.ports import Heartbeat, WorkerIdentity
+from flowyard.core.ports import Heartbeat, Refill, Reported, WorkerIdentity
 from flowyard.core.results import each_reported
 from flowyard.core.task import Task, TaskState, event_for
 
@@ -330,10 +330,16 @@ class NatsWorkQueue:
                     await held.msg.ack()
 
     async def report_many(
-        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
-        """Published in order, each acked after its own PubAck (the server folds them)."""
-        return await each_reported(lambda event: self.report(worker, event), events)
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
+        """Published in order, each acked after its own PubAck (the server folds them).
+
+        Claims nothing for ``refill``: a pull belongs to the claim loop (one request
+        open per consumer), which takes the freed slots."""
+        return Reported(await each_reported(lambda event: self.report(worker, event), events))
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         held = self._held.pop(task.id, None)

@@ -16,7 +16,7 @@ import pytest
 
 from flowyard.core.errors import LeaseLost
 from flowyard.core.events import FileRef, TaskCancelRequested, TaskDone, TaskProgress, utcnow
-from flowyard.core.ports import Heartbeat
+from flowyard.core.ports import Heartbeat, Refill
 from flowyard.core.task import TaskState, apply, event_for
 from tests.contract.conftest import Ports, worker
 
@@ -137,14 +137,40 @@ async def test_report_many_records_each_and_refuses_only_the_stale_one(ports: Po
     (taken_over,) = await ports.queue.claim(w2, 1)
     assert taken_over.id == first.id
     events = [event_for(t, TaskDone, status="succeeded", worker_id=w1.id) for t in [first, *others]]
-    outcomes = await ports.queue.report_many(w1, events)
+    outcomes = (await ports.queue.report_many(w1, events)).refused
     assert isinstance(outcomes[0], LeaseLost)
     assert outcomes[1:] == [None, None, None]
     assert (await ports.store.get(first.id)).state is TaskState.running  # w2's attempt stands
     for task in others:
         assert (await ports.store.get(task.id)).state is TaskState.succeeded
     again = await ports.queue.report_many(w1, events[1:])  # the same events: no change
-    assert again == [None, None, None]
+    assert again.refused == [None, None, None]
+
+
+async def test_report_many_claims_the_freed_slots_in_the_same_write(ports: Ports) -> None:
+    """A ``Refill`` claims queued work in the write of the results that free its slots,
+    also when a stale result in the batch sends the write event by event."""
+    for _ in range(6):
+        await ports.create()
+    w1, w2 = worker("w1"), worker("w2")
+    first, second = await ports.queue.claim(w1, 2)
+    reported = await ports.queue.report_many(
+        w1, [event_for(first, TaskDone, status="succeeded", worker_id=w1.id)], Refill(w1, 2)
+    )
+    assert reported.refused == [None]
+    assert len(reported.claimed) == 2
+    for task in reported.claimed:
+        stored = await ports.store.get(task.id)
+        assert (stored.state, stored.worker_id, stored.attempt) == (TaskState.running, w1.id, 1)
+        assert task.attempt == 1
+    await ports.queue.release(w1, second, "lost")
+    (taken_over,) = await ports.queue.claim(w2, 1)
+    assert taken_over.id == second.id
+    stale = event_for(second, TaskDone, status="succeeded", worker_id=w1.id)
+    again = await ports.queue.report_many(w1, [stale], Refill(w1, 5))
+    assert isinstance(again.refused[0], LeaseLost)
+    assert len(again.claimed) == 2  # what was left
+    assert await ports.queue.claim(w1, 5) == []
 
 
 async def test_report_many_leaves_each_task_as_folding_its_events_would(ports: Ports) -> None:
@@ -162,7 +188,7 @@ async def test_report_many_leaves_each_task_as_folding_its_events_would(ports: P
         event_for(bad, TaskDone, status="failed", error="boom " * 400, worker_id=w.id),
         event_for(stopped, TaskDone, status="cancelled", error="cancelled", worker_id=w.id),
     ]
-    assert await ports.queue.report_many(w, events) == [None, None, None]
+    assert (await ports.queue.report_many(w, events)).refused == [None, None, None]
     for claimed, event in zip((ok, bad, stopped), events, strict=True):
         stored = await ports.store.get(claimed.id)
         folded = apply(claimed, event)

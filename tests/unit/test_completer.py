@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import pytest
 
 from flowyard.core.errors import LeaseLost, Unavailable
-from flowyard.core.events import TaskDone, TaskRequeued
-from flowyard.core.ports import WorkerIdentity
+from flowyard.core.events import TaskDone, TaskRequeued, utcnow
+from flowyard.core.ports import Refill, Reported, WorkerIdentity
+from flowyard.core.task import Task, TaskState
 from flowyard.services.completer import Completer
 
 pytestmark = pytest.mark.timeout(30)
@@ -21,25 +22,46 @@ def done(status: str = "succeeded") -> TaskDone:
     return TaskDone(task_id=uuid.uuid4(), flow="debug.sleep", attempt=1, status=status)  # type: ignore[arg-type]
 
 
+def claimed_task(worker_id: str) -> Task:
+    now = utcnow()
+    return Task(
+        id=uuid.uuid4(),
+        flow="debug.sleep",
+        owner="admin",
+        state=TaskState.running,
+        attempt=1,
+        worker_id=worker_id,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 class SlowQueue:
     """Records batches; each write takes a while; refuses failed results; fails once."""
 
     def __init__(self, outage: int = 0) -> None:
         self.batches: list[list[uuid.UUID]] = []
+        self.refills: list[Refill | None] = []
         self.outage = outage
 
     async def report_many(
-        self, worker: WorkerIdentity, events: Sequence[TaskDone | TaskRequeued]
-    ) -> list[LeaseLost | None]:
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
         await asyncio.sleep(0.05)
         if self.outage:
             self.outage -= 1
             raise Unavailable("database down")
         self.batches.append([e.task_id for e in events])
-        return [
+        self.refills.append(refill)
+        refused: list[LeaseLost | None] = [
             LeaseLost("stale") if isinstance(e, TaskDone) and e.status == "failed" else None
             for e in events
         ]
+        claimed = [claimed_task(refill.worker.id) for _ in range(refill.limit)] if refill else []
+        return Reported(refused, claimed)
 
 
 async def test_one_result_is_written_at_once_and_the_rest_together() -> None:
@@ -81,3 +103,31 @@ async def test_a_cancelled_caller_does_not_cancel_the_write() -> None:
     caller.cancel()
     await completer.settle(within=1.0)
     assert queue.batches == [[event.task_id]]
+
+
+class Slots:
+    """Two slots free once the results end; remembers what each write reserved and filled."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.filled: list[tuple[Refill | None, int]] = []
+
+    def reserve(self, ending: Sequence[uuid.UUID]) -> Refill | None:
+        self.held += len(ending)
+        return Refill(WORKER, len(ending))
+
+    def fill(self, refill: Refill | None, claimed: Sequence[Task]) -> None:
+        self.held -= refill.limit if refill else 0
+        self.filled.append((refill, len(claimed)))
+
+
+async def test_a_write_claims_for_the_slots_its_results_free() -> None:
+    queue, slots = SlowQueue(outage=1), Slots()
+    completer = Completer(queue, WORKER, slots=slots)  # type: ignore[arg-type]
+    writing = asyncio.create_task(completer.report(done()))
+    await asyncio.sleep(0.01)  # the first write is under way
+    await asyncio.gather(writing, *(completer.report(done()) for _ in range(2)))
+    # first write: one result (an outage first, retried with the same reservation), then two
+    assert [r.limit if r else 0 for r in queue.refills] == [1, 2]
+    assert [(r.limit if r else 0, n) for r, n in slots.filled] == [(1, 1), (2, 2)]
+    assert slots.held == 0  # every reservation given back

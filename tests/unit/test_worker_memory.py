@@ -8,6 +8,8 @@ the task's row to finish.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pytest
 from flowyard.adapters.memory import MemoryFiles, MemoryTaskStore, MemoryWorkQueue
 from flowyard.core.events import TaskCancelRequested, TaskCreated, TaskDone, TaskRequeued
 from flowyard.core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec
-from flowyard.core.ports import WorkerIdentity
+from flowyard.core.ports import Refill, Reported, WorkerIdentity
 from flowyard.core.task import Task, TaskState, event_for
 from flowyard.flows.debug import Sleep
 from flowyard.flows.registry import FlowRegistry
@@ -191,6 +193,75 @@ async def test_same_flow_tasks_run_as_one_batch(yard: Yard) -> None:
         worker.stop()
         await asyncio.wait_for(running, 10)
     assert Batched.seen == [3]
+
+
+class Counted(Flow):
+    """Counts the flows running at once (each holds its slot for a moment)."""
+
+    name = "test.counted"
+    lock = threading.Lock()
+    now: ClassVar[int] = 0
+    most: ClassVar[int] = 0
+
+    def run(self, ctx: FlowContext, params: Any) -> None:
+        with Counted.lock:
+            Counted.now += 1
+            Counted.most = max(Counted.most, Counted.now)
+        time.sleep(0.002)
+        with Counted.lock:
+            Counted.now -= 1
+
+
+class RefillCounter(MemoryWorkQueue):
+    """Claims and writes that take a moment, as a database's do (claims then overlap)."""
+
+    refilled = 0
+    most_held = 0
+
+    def _count_held(self) -> None:
+        held = sum(1 for t in self.store.tasks() if t.state is TaskState.running)
+        RefillCounter.most_held = max(RefillCounter.most_held, held)
+
+    async def claim(self, worker: WorkerIdentity, limit: int) -> Sequence[Task]:
+        await asyncio.sleep(0.003)
+        claimed = await super().claim(worker, limit)
+        self._count_held()
+        return claimed
+
+    async def report_many(
+        self,
+        worker: WorkerIdentity,
+        events: Sequence[TaskDone | TaskRequeued],
+        refill: Refill | None = None,
+    ) -> Reported:
+        await asyncio.sleep(0.003)
+        reported = await super().report_many(worker, events, refill)
+        RefillCounter.refilled += len(reported.claimed)
+        self._count_held()
+        return reported
+
+
+async def test_results_claim_for_their_slots_and_never_one_slot_too_many(yard: Yard) -> None:
+    """Writes of results refill the slots they free (the claim loop claims little); the
+    flows running at once never exceed the worker's slots."""
+    yard.worker.stop()
+    tasks = [await yard.create("test.counted") for _ in range(40)]
+    registry = FlowRegistry({Counted.name: Counted})
+    identity = WorkerIdentity(
+        id="worker-3", name="w3", host="test", flows=(Counted.name,), concurrency=3
+    )
+    queue = RefillCounter(yard.store)
+    worker = Worker(identity, queue, yard.files, registry, WorkerOptions(poll_interval=0.05))
+    running = asyncio.create_task(worker.run())
+    try:
+        for task in tasks:
+            assert (await yard.finished(task.id)).state is TaskState.succeeded
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    assert RefillCounter.most_held == 3  # attempts held at once: the slots, never more
+    assert Counted.most == 3
+    assert RefillCounter.refilled > 5, RefillCounter.refilled  # claims rode results' writes
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
