@@ -22,7 +22,7 @@ import asyncio
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -66,6 +66,11 @@ class Heartbeat:
     """What a lease extension learned."""
 
     cancel_requested: bool = False
+
+
+Sizer = Callable[[dict[tuple[str, str], tuple[int, int]]], Mapping[tuple[str, str], int]]
+"""Sizes a round of sending work: ``(in use, waiting)`` per ``(owner, flow)`` in, how many
+of each pair to send now out (the NATS server's priority dispatch)."""
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,15 @@ that keeps two servers from sending the same work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.database import Database, Tx
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks, workers
+from flowyard.core.ports import Sizer
 from flowyard.core.redelivery import KeptLeases
 from flowyard.core.task import Task, TaskState
 
@@ -63,11 +64,46 @@ class DispatchRecords:
             rows = (await conn.execute(query)).all()
         return [(r.owner, set(r.flows or ()), int(r.concurrency or 0)) for r in rows]
 
-    async def room_counts(self, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
-        """Per ``(owner, flow)`` with due work not sent yet: ``(in use, waiting)``, one read.
+    async def take_unsent(
+        self, now: datetime, limit: int = 1000, *, size: Sizer | None = None
+    ) -> list[Task]:
+        """Due queued tasks without a work message, marked sent (``work_sent_at``) in one
+        transaction: highest priority first, then oldest.
 
-        In use is what transport workers run plus work sent but not yet claimed.
+        ``size``: told ``(in use, waiting)`` per ``(owner, flow)`` with work waiting (in
+        use: what transport workers run, plus work sent but not yet claimed), it answers
+        how many of each pair to take, and none of other pairs (a round reads what it
+        can send, not the whole backlog). The rows are read with ``FOR UPDATE SKIP
+        LOCKED``, so two servers never take the same task, and one ``UPDATE`` marks them.
         """
+        waiting = _unsent_due(now)
+        order = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+        found: list[Task] = []
+        async with self.db.write() as tx:
+            if size is None:
+                wanted = [(waiting, limit)]
+            else:
+                room = size(await self._room_counts(tx, now))
+                wanted = [
+                    (waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow), min(n, limit))
+                    for (owner, flow), n in sorted(room.items())
+                    if n > 0
+                ]
+            for where, n in wanted:
+                query = (
+                    sa.select(tasks)
+                    .where(where)
+                    .order_by(*order)
+                    .limit(n)
+                    .with_for_update(skip_locked=True)
+                )
+                found += [task_from_row(r) for r in (await tx.conn.execute(query)).all()]
+            if found:
+                mark = sa.update(tasks).where(tasks.c.id.in_([t.id for t in found]))
+                await tx.conn.execute(mark.values(work_sent_at=now))
+        return sorted(found, key=lambda t: (-t.priority, t.created_at, t.id))
+
+    async def _room_counts(self, tx: Tx, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
         waiting = _unsent_due(now)
         busy = (
             (tasks.c.state == TaskState.running.value)
@@ -83,52 +119,8 @@ class DispatchRecords:
             .where(busy | waiting)
             .group_by(tasks.c.owner, tasks.c.flow)
         )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = (await tx.conn.execute(query)).all()
         return {(r[0], r[1]): (int(r[2] or 0), int(r[3] or 0)) for r in rows if r[3]}
-
-    async def take_unsent(
-        self,
-        now: datetime,
-        limit: int = 1000,
-        *,
-        room: Mapping[tuple[str, str], int] | None = None,
-    ) -> list[Task]:
-        """Due queued tasks without a work message, marked sent (``work_sent_at``) in one
-        transaction: highest priority first, then oldest.
-
-        ``room``: at most that many per ``(owner, flow)``, and none of other pairs (a
-        round reads what it can send, not the whole backlog). The rows are read with
-        ``FOR UPDATE SKIP LOCKED``, so two servers never take the same task, and one
-        ``UPDATE`` marks them all.
-        """
-        waiting = _unsent_due(now)
-        order = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
-        if room is None:
-            wanted = [(waiting, limit)]
-        else:
-            wanted = [
-                (waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow), min(n, limit))
-                for (owner, flow), n in sorted(room.items())
-                if n > 0
-            ]
-        if not wanted:
-            return []
-        found: list[Task] = []
-        async with self.db.write() as tx:
-            for where, n in wanted:
-                query = (
-                    sa.select(tasks)
-                    .where(where)
-                    .order_by(*order)
-                    .limit(n)
-                    .with_for_update(skip_locked=True)
-                )
-                found += [task_from_row(r) for r in (await tx.conn.execute(query)).all()]
-            if found:
-                mark = sa.update(tasks).where(tasks.c.id.in_([t.id for t in found]))
-                await tx.conn.execute(mark.values(work_sent_at=now))
-        return sorted(found, key=lambda t: (-t.priority, t.created_at, t.id))
 
     async def unmark_sent(self, batch: Sequence[Task]) -> None:
         """Work that did not go out after all: clear ``work_sent_at`` so a later round sends it

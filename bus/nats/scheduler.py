@@ -33,7 +33,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -41,6 +41,7 @@ from flowyard.bus.nats.dispatch import Work, WorkDispatcher, created_of
 from flowyard.core.backoff import Backoff
 from flowyard.core.errors import FlowyardError, Unavailable
 from flowyard.core.events import Event, TaskCreated, TaskRequeued, utcnow
+from flowyard.core.ports import Sizer
 from flowyard.core.task import Task
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,8 @@ class DueRecords(Protocol):
 
     async def nats_slots(self, seen_since: datetime) -> list[tuple[str | None, set[str], int]]: ...
 
-    async def room_counts(self, now: datetime) -> dict[tuple[str, str], tuple[int, int]]: ...
-
     async def take_unsent(
-        self,
-        now: datetime,
-        limit: int = 1000,
-        *,
-        room: Mapping[tuple[str, str], int] | None = None,
+        self, now: datetime, limit: int = 1000, *, size: Sizer | None = None
     ) -> list[Task]: ...
 
     async def unmark_sent(self, batch: Sequence[Task]) -> None: ...
@@ -163,17 +158,17 @@ class Scheduler:
     async def _gated(self, now: datetime) -> int:
         """Send the highest-priority due work that the NATS workers have room for.
 
-        A round costs one read (slots in use and work waiting, per owner and flow) and
-        one transaction that takes what has room and marks it sent; then the messages
+        A round is one transaction: it counts the slots in use and the work waiting
+        per owner and flow, takes what has room and marks it sent; then the messages
         go out in priority order, their PubAcks awaited together.
         """
         slots = await self._worker_slots(now)
         if slots:
-            counts = await self.records.room_counts(now)
-            if not counts:
-                return 0
-            room = free_slots(slots, {pair: busy for pair, (busy, _) in counts.items()})
-            chosen = await self.records.take_unsent(now, room=room)
+
+            def room(counts: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], int]:
+                return free_slots(slots, {pair: busy for pair, (busy, _) in counts.items()})
+
+            chosen = await self.records.take_unsent(now, size=room)
         else:
             # no NATS worker announced yet (or none online): nothing to size the sending by,
             # so work goes out at once, in priority order, as before (the stream keeps it)

@@ -16,6 +16,7 @@ from flowyard.adapters.sql.schema import webhook_deliveries
 from flowyard.adapters.sql.task_store import SqlTaskStore
 from flowyard.core.errors import Conflict
 from flowyard.core.events import TaskClaimed, TaskCreated, TaskDone, utcnow
+from flowyard.core.ports import Sizer
 from tests.support.task_db import open_store
 
 WINDOW = timedelta(hours=1)
@@ -99,24 +100,31 @@ async def test_priority_dispatch_takes_what_has_room_once(store: SqlTaskStore) -
     other = await store.record(created(owner="bob"), **sent)
     later = await store.record(created(not_before=now + timedelta(minutes=5)), **sent)
     projection = SqlProjection(store.db)
-    assert await projection.room_counts(now) == {
-        ("admin", "debug.sleep"): (0, 4),
-        ("bob", "debug.sleep"): (0, 1),
-    }
+    seen: list[dict[tuple[str, str], tuple[int, int]]] = []
+
+    def room(n: int) -> Sizer:
+        def size(counts: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], int]:
+            seen.append(counts)
+            return {pair: n}
+
+        return size
+
     pair = ("admin", "debug.sleep")
-    taken = await projection.take_unsent(now, room={pair: 2})
+    taken = await projection.take_unsent(now, size=room(2))
+    assert seen[-1] == {pair: (0, 4), ("bob", "debug.sleep"): (0, 1)}  # in use, waiting
     assert [t.id for t in taken] == [high.id, low[0].id]  # priority, then the oldest
-    rest = await projection.take_unsent(now, room={pair: 5})
+    rest = await projection.take_unsent(now, size=room(5))
+    assert seen[-1] == {pair: (2, 2), ("bob", "debug.sleep"): (0, 1)}
     assert [t.id for t in rest] == [low[1].id, low[2].id]  # what was taken is not sent twice
-    assert await projection.take_unsent(now, room={pair: 5}) == []
-    assert await projection.room_counts(now) == {("bob", "debug.sleep"): (0, 1)}
+    assert await projection.take_unsent(now, size=room(5)) == []
+    assert seen[-1] == {("bob", "debug.sleep"): (0, 1)}  # no admin work waits any more
     await projection.unmark_sent([taken[1]])
     again = await projection.take_unsent(now)
     assert {t.id for t in again} == {low[0].id, other.id}
     assert later.id not in {t.id for t in taken + again}  # not due: never sent early
     many = {(await store.record(created(), **sent)).id for _ in range(6)}
     first, second = await asyncio.gather(
-        projection.take_unsent(now, room={pair: 6}), projection.take_unsent(now, room={pair: 6})
+        projection.take_unsent(now, size=room(6)), projection.take_unsent(now, size=room(6))
     )
     assert {t.id for t in first} | {t.id for t in second} == many
     assert not {t.id for t in first} & {t.id for t in second}  # two servers: each task once
