@@ -224,6 +224,16 @@ async def phases(db: str, ids: set[uuid.UUID], verbose: bool) -> dict[str, list[
     return out
 
 
+async def work_taken(db: str, ids: set[uuid.UUID]) -> list[tuple[float, float, float]]:
+    """``(created, work taken, claimed)`` of each task the scheduler sent (priority dispatch)."""
+    query = sa.select(tasks.c.created_at, tasks.c.work_sent_at, tasks.c.claimed_at).where(
+        tasks.c.id.in_(ids) & tasks.c.work_sent_at.is_not(None)
+    )
+    async with open_store(db, migrate=False) as store, store.db.read() as conn:
+        rows = (await conn.execute(query)).all()
+    return [(c.timestamp(), s.timestamp(), w.timestamp()) for c, s, w in rows if w is not None]
+
+
 def worker_args(url: str, index: int, concurrency: int) -> list[str]:
     return [
         "--nats", url, "--flows", "debug.sleep", "--name", f"bench-{index}",
@@ -270,7 +280,8 @@ class Project:
 
     async def latencies(self, samples: int) -> dict[str, list[float]]:
         """Tasks created one at a time on idle workers: ms to claimed_at and to finished_at,
-        and the two legs of the claim (the relay's publish, then the worker's claim)."""
+        and the two legs of the claim: the server's (until the scheduler took the work, or
+        the relay published it under fifo), then the worker's."""
         to_claim: list[float] = []
         to_done: list[float] = []
         ids: set[uuid.UUID] = set()
@@ -289,12 +300,21 @@ class Project:
                 to_done.append((task.finished_at - task.created_at).total_seconds() * 1000)
                 await asyncio.sleep(0.25)  # everything goes idle again
         self.succeeded += samples
-        legs = await phases(self.srv.db, ids, False)
+        sent = await work_taken(self.srv.db, ids)
+        if sent:  # priority dispatch: the scheduler takes the work, then publishes it
+            server = [(s - c) * 1000 for c, s, _ in sent]
+            worker = [(w - s) * 1000 for _, s, w in sent]
+            legs = {"server (created->work taken)": server, "worker (taken->claimed)": worker}
+        else:  # fifo: the relay publishes the work with the event
+            both = await phases(self.srv.db, ids, False)
+            legs = {
+                "server (created->published)": both["relay (created->published)"],
+                "worker (published->claimed)": both["dispatch (published->claimed)"],
+            }
         return {
             "flowyard create-to-claim": to_claim,
             "flowyard create-to-done": to_done,
-            "  of which created->published (relay)": legs["relay (created->published)"],
-            "  of which published->claimed (worker)": legs["dispatch (published->claimed)"],
+            **{f"  of which {name}": values for name, values in legs.items()},
         }
 
     async def drain(self) -> Drain:

@@ -93,6 +93,8 @@ class NatsBridge:
         self.advisories: AdvisoryWatcher | None = None
         self.reconciler: Reconciler | None = None
         self.scheduler: Scheduler | None = None
+        self.relay_after_rounds = False
+        """The scheduler sends the work (priority dispatch) and wakes the relay after."""
         self.topology: Topology | None = None
         self._jobs: list[asyncio.Task[None]] = []
         self.webhook_intake: Take | None = None
@@ -101,14 +103,17 @@ class NatsBridge:
     def kick(self, events: Sequence[Event] | None = None) -> None:
         """Commit listener: wake the relay, and the scheduler when the commit may have
         made work sendable (no I/O here). A claim or a progress report changes no room:
-        a scheduler round for each of them was most of priority dispatch's cost."""
+        a scheduler round for each of them was most of priority dispatch's cost. When
+        the scheduler sends the work, the relay (events only) waits for the end of its
+        round instead of contending with it for the loop and the database."""
         self._kick.set()
-        if self.relay is not None:
-            self.relay.kick()
-        if self.scheduler is not None and (
+        scheduling = self.scheduler is not None and (
             events is None or any(event.type in MAY_ADD_WORK for event in events)
-        ):
+        )
+        if scheduling and self.scheduler is not None:
             self.scheduler.kick(events)
+        if self.relay is not None and not (scheduling and self.relay_after_rounds):
+            self.relay.kick()
 
     async def _disconnected(self) -> None:
         self._connected_at = None
@@ -216,7 +221,9 @@ class NatsBridge:
             interval=min(1.0, s.poll_interval),
             gated=gated,
             offline_after=s.worker_offline_seconds,
+            after_round=self.relay.kick if gated else None,
         )
+        self.relay_after_rounds = gated
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("topology", self.topology.run),
             ("relay", self.relay.run),

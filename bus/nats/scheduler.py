@@ -33,7 +33,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -93,9 +93,13 @@ class Scheduler:
         gated: bool = True,
         offline_after: float = 60.0,
         slots_every: float = 1.0,
+        after_round: Callable[[], None] | None = None,
     ) -> None:
         """``slots_every``: how long the workers' announced slots are reused between reads
-        (they change when a worker starts or stops, not with every task)."""
+        (they change when a worker starts or stops, not with every task).
+        ``after_round``: called when a round ends, whatever its outcome (the server wakes
+        its relay then, so the two do not contend while work is being sent)."""
+        self.after_round = after_round
         self.records = records
         self.dispatcher = dispatcher
         self.interval = interval
@@ -128,6 +132,9 @@ class Scheduler:
             except Unavailable as exc:
                 wait = backoff.failed()  # a kick still ends the pause early
                 log.warning("scheduler paused, retrying in %.1fs: %s", wait, exc.message)
+            finally:
+                if self.after_round is not None:
+                    self.after_round()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), wait)
 
