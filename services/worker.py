@@ -4,9 +4,9 @@ The same class runs in every mode; only the ``WorkQueue`` and ``TaskFiles`` it
 is given differ. It claims only as many tasks as it has free slots: a slot is
 free when no flow runs in it and no claim for it is under way. A busy worker's
 claims ride the writes of its results (the completer's ``Refill``), which fill
-the slots those results free; the claim loop takes what is left, and waits. A flow that
-batches gets same-flow tasks claimed together (topped up once within the flow's
-``batch_window``) and run in one thread, each task still with its own
+the slots those results free; the claim loop takes what is left, and waits. A
+flow that batches gets same-flow tasks claimed together (topped up once within
+the flow's ``batch_window``) and run in one thread, each task still with its own
 heartbeats, progress, files and result (``attempt_runner.py``). On ``stop`` it
 waits up to ``grace_seconds`` for running flows, then releases what is left.
 """
