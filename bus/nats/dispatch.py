@@ -165,7 +165,7 @@ class WorkDispatcher:
             try:
                 await self.ensure(owner, flow)
                 with nats_errors(what):
-                    await (await self._publish(work))
+                    await asyncio.wait_for(await self._publish(work), PUBLISH_TIMEOUT)
             except FlowyardError as again:
                 return again
             return None
