@@ -56,6 +56,10 @@ class _Run:
     ctx: RunContext
     files: AttemptFiles
 
+    @property
+    def key(self) -> tuple[uuid.UUID, int]:
+        return self.task.id, self.task.attempt
+
 
 @dataclass(frozen=True)
 class RunnerOptions:
@@ -83,7 +87,10 @@ class AttemptRunner:
         self.flows = flows
         self.options = options
         self.concluded = concluded
-        self.completer = Completer(queue, identity, slots=slots)
+        self._ending: set[tuple[uuid.UUID, int]] = set()
+        """Attempts started whose result is not yet with the completer: it waits briefly
+        for them, so results of flows started together share a write."""
+        self.completer = Completer(queue, identity, slots=slots, expected=self._still_ending)
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, identity.concurrency), thread_name_prefix="flow"
         )
@@ -113,22 +120,29 @@ class AttemptRunner:
             if limit:
                 guards.append(asyncio.create_task(self._deadline(run, limit)))
         items = [BatchItem(run.ctx, run.params) for run in runs]
-        self._flowing |= {(run.task.id, run.task.attempt): (run.task, run.ctx) for run in runs}
+        attempts = [run.key for run in runs]
+        self._flowing |= {run.key: (run.task, run.ctx) for run in runs}
+        self._ending.update(attempts)
         try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(
-                self.pool, run_items, runs[0].flow(), items
+            try:
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, run_items, runs[0].flow(), items
+                )
+            finally:
+                for key in attempts:
+                    self._flowing.pop(key, None)
+                for guard in guards:
+                    guard.cancel()
+                await asyncio.gather(*guards, return_exceptions=True)
+            # together: a batch's results then share one write
+            await asyncio.gather(
+                *(self._conclude(run, outcome) for run, outcome in zip(runs, outcomes, strict=True))
             )
         finally:
-            for run in runs:
-                self._flowing.pop((run.task.id, run.task.attempt), None)
-            for guard in guards:
-                guard.cancel()
-            await asyncio.gather(*guards, return_exceptions=True)
-        for run, outcome in zip(runs, outcomes, strict=True):
-            try:
-                await self._conclude(run, outcome)
-            except LeaseLost as exc:  # refused: that attempt went to another worker meanwhile
-                log.warning("task %s: %s", run.task.id, exc.message)
+            self._ending.difference_update(attempts)
+
+    def _still_ending(self) -> int:
+        return len(self._ending)
 
     async def _prepare(self, task: Task) -> _Run | None:
         """The task's flow, params and files; a task that cannot start fails at once."""
@@ -161,13 +175,19 @@ class AttemptRunner:
         if status == "failed" and outcome is not None:
             policy = run.flow.retry_policy()
             again = after_failure(task, policy, outcome, error or "", utcnow())
-        if ctx.lease_lost:
-            log.warning("task %s attempt %d was taken away; result dropped", task.id, task.attempt)
-        elif again is not None:
-            log.info("task %s: %s", task.id, again.reason)
-            await self.completer.report(again)
-        else:
-            await self.finish(task, status, error=error, outputs=outputs)
+        try:
+            if ctx.lease_lost:
+                log.warning("task %s attempt %d was taken away; result dropped", *run.key)
+            elif again is not None:
+                log.info("task %s: %s", task.id, again.reason)
+                self._ending.discard(run.key)
+                await self.completer.report(again)
+            else:
+                await self.finish(task, status, error=error, outputs=outputs)
+        except LeaseLost as exc:  # refused: that attempt went to another worker meanwhile
+            log.warning("task %s: %s", task.id, exc.message)
+        finally:
+            self._ending.discard(run.key)
         self.concluded(task.id)
 
     async def _outcome(
@@ -196,6 +216,7 @@ class AttemptRunner:
         error: str | None = None,
         outputs: tuple[FileRef, ...] = (),
     ) -> None:
+        self._ending.discard((task.id, task.attempt))
         done = event_for(
             task, TaskDone, status=status, error=error, outputs=outputs, worker_id=self.identity.id
         )

@@ -1,10 +1,13 @@
 """Group commit of attempts' ends: results that finish together share one write.
 
-A worker's results arrive one by one from its flows. The completer records the
-first at once; whatever finishes while that write is under way is recorded in the
-next one, all together (``WorkQueue.report_many``: one transaction on a database).
-So an idle worker adds no delay to a single result, and a busy one pays one
-transaction per batch instead of one per task. The write also claims work for
+A worker's results arrive one by one from its flows. The completer records a
+result at once when no other flow of the worker is still running; while some are,
+it waits up to ``LINGER_SECONDS`` for their results, so flows that started
+together (claimed in one write) end in one write too. Whatever finishes while a
+write is under way is recorded in the next one, all together
+(``WorkQueue.report_many``: one transaction on a database). So an idle worker adds
+no delay to a single result, and a busy one pays one transaction per batch
+instead of one per task. The write also claims work for
 the slots its results free (``Slots``, a ``Refill``): a busy database worker
 claims in the transactions of its results, not in transactions of its own.
 Each caller still learns its own outcome: ``report`` returns once its result is
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +35,11 @@ log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 64
 """Results per write at most: a long transaction holds its rows' locks longer."""
+
+LINGER_SECONDS = 0.005
+"""Longest wait for the results of flows still running before a write. Flows claimed
+together mostly end within a few milliseconds of each other when short; a long
+flow's result is late by this at most."""
 
 
 class Slots(Protocol):
@@ -60,11 +68,18 @@ class Completer:
         *,
         limit: int = BATCH_LIMIT,
         slots: Slots | None = None,
+        expected: Callable[[], int] | None = None,
+        linger: float = LINGER_SECONDS,
     ) -> None:
+        """``expected``: how many results are still to come (flows running or ending),
+        which a write waits up to ``linger`` for; None writes at once."""
         self.queue = queue
         self.identity = identity
         self.limit = limit
         self.slots = slots
+        self.expected = expected
+        self.linger = linger
+        self._arrived = asyncio.Event()
         self.batches = 0
         """Writes made (results / batches is the batching achieved)."""
         self._pending: list[_Pending] = []
@@ -77,6 +92,7 @@ class Completer:
         # its caller may be gone by then (cancelled): the outcome is still retrieved
         pending.recorded.add_done_callback(_retrieved)
         self._pending.append(pending)
+        self._arrived.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all(), name="completer")
         # a cancelled caller (grace period over) does not cancel the write of the others
@@ -90,6 +106,7 @@ class Completer:
 
     async def _write_all(self) -> None:
         while self._pending:
+            await self._gather()
             batch, self._pending = self._pending[: self.limit], self._pending[self.limit :]
             try:
                 outcomes = await self._write(batch)
@@ -103,6 +120,19 @@ class Completer:
                     pending.recorded.set_result(None)
                 else:
                     pending.recorded.set_exception(refused)
+
+    async def _gather(self) -> None:
+        """Wait up to ``linger`` while results are still to come, so they share the write."""
+        if self.expected is None or self.linger <= 0:
+            return
+        deadline = asyncio.get_running_loop().time() + self.linger
+        while len(self._pending) < self.limit and self.expected() > 0:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
 
     async def _write(self, batch: list[_Pending]) -> list[LeaseLost | None]:
         events = [pending.event for pending in batch]

@@ -1,4 +1,5 @@
-"""The completer groups results that finish while a write is under way (group commit)."""
+"""The completer groups results that finish while a write is under way (group commit), and
+waits briefly for the results of flows still running."""
 
 from __future__ import annotations
 
@@ -131,3 +132,39 @@ async def test_a_write_claims_for_the_slots_its_results_free() -> None:
     assert [r.limit if r else 0 for r in queue.refills] == [1, 2]
     assert [(r.limit if r else 0, n) for r, n in slots.filled] == [(1, 1), (2, 2)]
     assert slots.held == 0  # every reservation given back
+
+
+async def test_results_still_to_come_share_the_write_within_the_linger() -> None:
+    queue, coming = SlowQueue(), [3]
+    completer = Completer(queue, WORKER, expected=lambda: coming[0], linger=1.0)  # type: ignore[arg-type]
+    events = [done() for _ in range(3)]
+
+    async def finish(event: TaskDone, after: float) -> None:
+        await asyncio.sleep(after)
+        coming[0] -= 1  # its flow ended: its result is no longer to come
+        await completer.report(event)
+
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*(finish(e, 0.01 * i) for i, e in enumerate(events)))
+    assert queue.batches == [[e.task_id for e in events]]
+    # written as soon as the last arrived, not at the end of the linger
+    assert asyncio.get_running_loop().time() - started < 0.5
+
+
+async def test_a_result_waits_no_longer_than_the_linger() -> None:
+    queue = SlowQueue()
+    completer = Completer(queue, WORKER, expected=lambda: 1, linger=0.05)  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    event = done()
+    await completer.report(event)
+    waited = asyncio.get_running_loop().time() - started
+    assert queue.batches == [[event.task_id]]
+    assert 0.05 + 0.05 <= waited < 0.5  # the linger, then the write's own 50 ms
+
+
+async def test_a_lone_result_is_not_delayed() -> None:
+    queue = SlowQueue()
+    completer = Completer(queue, WORKER, expected=lambda: 0, linger=5.0)  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    await completer.report(done())
+    assert asyncio.get_running_loop().time() - started < 1.0
