@@ -6,10 +6,11 @@ from the worker that holds the attempt changes fields that depend on the event
 alone (``core.task.done_update``), and ``apply`` accepts it exactly when the row
 is running that attempt for that worker (``core.task.held_by_worker``). So a
 batch of such results is one ``UPDATE`` run for all rows with that fence in its
-``WHERE`` (an executemany the drivers pipeline) and one multi-row insert of the
-events. When fewer rows matched than results were given (an attempt taken away,
-or a retried write whose first try committed after all), the caller rolls back
-and records the batch event by event, which decides each case as it always did.
+``WHERE`` (an executemany the drivers pipeline); the queue appends their events
+with those of the claim in the same write, in one multi-row insert. When fewer
+rows matched than results were given (an attempt taken away, or a retried write
+whose first try committed after all), the caller rolls back and records the
+batch event by event, which decides each case as it always did.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import sqlalchemy as sa
 from flowyard.adapters.sql.database import Tx
 from flowyard.adapters.sql.rows import column_values
 from flowyard.adapters.sql.schema import UtcDateTime, tasks
-from flowyard.adapters.sql.task_store import append_events
 from flowyard.core.errors import FlowyardError
 from flowyard.core.events import TaskDone
 from flowyard.core.task import TaskState, done_update
@@ -57,19 +57,19 @@ class NotAllHeld(FlowyardError):
 
 
 def is_held_result(event: object) -> TypeGuard[TaskDone]:
-    """A worker's own result: the kind ``record_held_results`` writes."""
+    """A worker's own result: the kind ``write_held_results`` writes."""
     return isinstance(event, TaskDone) and event.worker_id is not None
 
 
-async def record_held_results(tx: Tx, results: Sequence[TaskDone]) -> None:
-    """Write the results (rows locked in the order given) and append their events in ``tx``;
-    raise ``NotAllHeld`` when any row did not match its fence (``tx`` must then roll back)."""
+async def write_held_results(tx: Tx, results: Sequence[TaskDone]) -> None:
+    """Write the results into their rows (locked in the order given) in ``tx``; the caller
+    appends their events. Raise ``NotAllHeld`` when any row did not match its fence
+    (``tx`` must then roll back)."""
     if not results:
         return
     outcome = await tx.conn.execute(_FINISH_HELD, [_row(event) for event in results])
     if outcome.rowcount != len(results):
         raise NotAllHeld(f"{len(results) - outcome.rowcount} of {len(results)} results not held")
-    await append_events(tx, results)
 
 
 def _row(event: TaskDone) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from flowyard.adapters.sql.claims import claim_rows
 from flowyard.adapters.sql.database import Database, Tx
-from flowyard.adapters.sql.held_results import NotAllHeld, is_held_result, record_held_results
+from flowyard.adapters.sql.held_results import NotAllHeld, is_held_result, write_held_results
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
@@ -58,26 +58,27 @@ class SqlWorkQueue:
         self.waker.clear()
         now = utcnow()
         async with self.db.write() as tx:
-            claimed = await self._claim_in(tx, Refill(worker, limit), now)
+            claimed, events = await self._claim_in(tx, Refill(worker, limit), now)
+            await append_events(tx, events)
         self.waker.found_work(bool(claimed))
         if len(claimed) < limit:
             self._next_due = await self._next_scheduled(worker, now)
         return claimed
 
-    async def _claim_in(self, tx: Tx, refill: Refill | None, now: datetime) -> list[Task]:
-        """The claim statement and one insert of the ``task.claimed`` events, in ``tx``."""
+    async def _claim_in(
+        self, tx: Tx, refill: Refill | None, now: datetime
+    ) -> tuple[list[Task], list[TaskClaimed]]:
+        """The claim statement in ``tx``, and the ``task.claimed`` events it makes, for the
+        caller to append (with the events of its results: one insert for all)."""
         if refill is None or refill.limit <= 0 or not refill.worker.flows:
-            return []
+            return [], []
         worker, deadline = refill.worker, now + self.lease
         claimed = await claim_rows(tx, self.db.dialect, worker, refill.limit, now, deadline)
-        await append_events(
-            tx,
-            [
-                event_for(t, TaskClaimed, at=now, worker_id=worker.id, lease_expires_at=deadline)
-                for t in claimed
-            ],
-        )
-        return claimed
+        events = [
+            event_for(t, TaskClaimed, at=now, worker_id=worker.id, lease_expires_at=deadline)
+            for t in claimed
+        ]
+        return claimed, events
 
     async def _next_scheduled(self, worker: WorkerIdentity, now: datetime) -> datetime | None:
         """When the earliest scheduled task of these flows becomes claimable (None: none)."""
@@ -142,17 +143,19 @@ class SqlWorkQueue:
         """One transaction for all, rows locked in task-id order (no deadlock between two
         workers' batches), and the claim of ``refill`` after them. The worker's own
         results are written under their fence without reading the rows
-        (``held_results.py``); if any fence fails, the batch is rolled back and recorded
+        (``held_results.py``), and their events go in one insert with those of the
+        claim; if any fence fails, the batch is rolled back and recorded
         event by event, which refuses exactly the stale ones."""
         ordered = sorted(events, key=lambda e: e.task_id)
         held = [e for e in ordered if is_held_result(e)]
         try:
             async with self.db.write() as tx:
-                await record_held_results(tx, held)
+                await write_held_results(tx, held)
                 for event in ordered:
                     if not is_held_result(event):
                         await record_in(tx, event)  # a retry's requeue: rare, one by one
-                claimed = await self._claim_in(tx, refill, utcnow())
+                claimed, claims = await self._claim_in(tx, refill, utcnow())
+                await append_events(tx, [*held, *claims])
             return Reported([None] * len(events), claimed)
         except (NotAllHeld, StaleAttempt, IllegalTransition, TaskFinished):
             return await self._report_each(ordered, events, refill)
@@ -174,7 +177,8 @@ class SqlWorkQueue:
                 except (StaleAttempt, IllegalTransition, TaskFinished) as exc:
                     refused = f"result of task {event.task_id} refused: {exc.message}"
                     outcomes[event.id] = LeaseLost(refused)
-            claimed = await self._claim_in(tx, refill, utcnow())
+            claimed, claims = await self._claim_in(tx, refill, utcnow())
+            await append_events(tx, claims)
         return Reported([outcomes[event.id] for event in events], claimed)
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
