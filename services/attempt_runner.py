@@ -2,8 +2,9 @@
 
 The worker hands a claimed batch to ``AttemptRunner.run``: it opens each task's
 files, validates its params, runs the flow in a thread with a ``RunContext``
-while throttled progress and a timeout guard run beside it (``keep_leases``
-renews the leases of all running flows together, every ``heartbeat_seconds``),
+while a timeout guard runs beside it (``keep_leases`` renews the leases of all
+running flows together, every ``heartbeat_seconds``; ``keep_progress`` sends
+each flow's progress at most once per ``progress_interval``),
 then reports each task's result on its own. A result is retried through outages
 until the queue takes it (the event id makes retries harmless); a failure the
 flow's retry policy retries is reported as a requeue with a backoff; a task past
@@ -99,6 +100,8 @@ class AttemptRunner:
         """Attempts whose flow is running (by task and attempt: a task requeued meanwhile
         may run its next attempt here too): ``keep_leases`` renews their leases."""
         self._timed_out: dict[uuid.UUID, float] = {}
+        self._sending: dict[tuple[uuid.UUID, int], asyncio.Task[None]] = {}
+        """Progress writes under way, by attempt (``keep_progress``)."""
 
     def cancel(self, task_id: uuid.UUID) -> None:
         ctx = self.contexts.get(task_id)
@@ -114,11 +117,11 @@ class AttemptRunner:
         runs = [run for task in batch if (run := await self._prepare(task)) is not None]
         if not runs:
             return
-        guards = [asyncio.create_task(self._progress(run.task, run.ctx)) for run in runs]
-        for run in runs:
-            limit = run.task.timeout_seconds or run.flow.timeout_seconds
-            if limit:
-                guards.append(asyncio.create_task(self._deadline(run, limit)))
+        guards = [
+            asyncio.create_task(self._deadline(run, limit))
+            for run in runs
+            if (limit := run.task.timeout_seconds or run.flow.timeout_seconds)
+        ]
         items = [BatchItem(run.ctx, run.params) for run in runs]
         attempts = [run.key for run in runs]
         self._flowing |= {run.key: (run.task, run.ctx) for run in runs}
@@ -134,6 +137,10 @@ class AttemptRunner:
                 for guard in guards:
                     guard.cancel()
                 await asyncio.gather(*guards, return_exceptions=True)
+                # a progress write under way lands before the result
+                sending = [self._sending[key] for key in attempts if key in self._sending]
+                if sending:
+                    await asyncio.wait(sending)
             # together: a batch's results then share one write
             await asyncio.gather(
                 *(self._conclude(run, outcome) for run, outcome in zip(runs, outcomes, strict=True))
@@ -154,7 +161,7 @@ class AttemptRunner:
             await self.finish(task, "failed", error=exc.message)
             self.concluded(task.id)
             return None
-        ctx = RunContext(files, self.options.device, asyncio.get_running_loop())
+        ctx = RunContext(files, self.options.device)
         self.contexts[task.id] = ctx
         return _Run(task, flow_cls, params, ctx, files)
 
@@ -242,23 +249,32 @@ class AttemptRunner:
                 elif answer.cancel_requested:
                     ctx.cancel()
 
-    async def _progress(self, task: Task, ctx: RunContext) -> None:
+    async def keep_progress(self) -> None:
+        """Send each running flow's latest progress once its first change is one
+        ``progress_interval`` old: at most one event per task per interval, none for a
+        flow that ends within one, and no per-task timer or wake-up."""
+        interval = self.options.progress_interval
         while True:
-            await ctx.changed.wait()
-            # throttled from the first change on: a flow done within one interval sends none
-            await asyncio.sleep(self.options.progress_interval)
-            ctx.changed.clear()
-            latest = ctx.take_progress()
-            if latest is None:
-                continue
-            event = event_for(task, TaskProgress, progress=latest[0], message=latest[1])
-            try:
-                await finish_despite_cancel(self.queue.report(self.identity, event))
-            except Unavailable as exc:
-                log.debug("progress of %s dropped: %s", task.id, exc.message)
-            except LeaseLost as exc:
-                _lost(task, ctx, exc)
-                return
+            await asyncio.sleep(interval / 2)
+            for key, (task, ctx) in list(self._flowing.items()):
+                if key in self._sending:
+                    continue  # the last one is still being written
+                latest = ctx.take_progress(held=interval)
+                if latest is not None:
+                    self._sending[key] = asyncio.create_task(self._send(key, task, ctx, latest))
+
+    async def _send(
+        self, key: tuple[uuid.UUID, int], task: Task, ctx: RunContext, latest: tuple[float, str]
+    ) -> None:
+        event = event_for(task, TaskProgress, progress=latest[0], message=latest[1])
+        try:
+            await finish_despite_cancel(self.queue.report(self.identity, event))
+        except Unavailable as exc:
+            log.debug("progress of %s dropped: %s", task.id, exc.message)
+        except LeaseLost as exc:
+            _lost(task, ctx, exc)
+        finally:
+            self._sending.pop(key, None)
 
 
 def _lost(task: Task, ctx: RunContext, exc: LeaseLost) -> None:

@@ -1,17 +1,19 @@
 """The ``FlowContext`` a worker hands to a flow running in a thread.
 
 Flows call ``progress`` as often as they like from their thread; only the
-latest value is kept and the worker's reporter sends it at most once per
-``progress_interval``. Cancellation is a ``threading.Event`` the worker sets
+latest value is kept, with the time of the first change since it was last
+taken, and the worker's progress ticker takes it once that change is one
+``progress_interval`` old. So the flow's thread never wakes the event loop for
+progress. Cancellation is a ``threading.Event`` the worker sets
 from the event loop (cancel request, lost lease, shutdown). The attempt's output and
 scratch folders are made when the flow first asks for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from flowyard.core.errors import InvalidInput
@@ -20,14 +22,14 @@ from flowyard.flows.device import detect_device
 
 
 class RunContext:
-    def __init__(self, files: AttemptFiles, device: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, files: AttemptFiles, device: str) -> None:
         self._files = files
         self._device = device
-        self._loop = loop
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._latest: tuple[float, str] | None = None
-        self.changed = asyncio.Event()
+        self._since: float | None = None
+        """Monotonic time of the first change not taken yet."""
         self.lease_lost = False
 
     @property
@@ -64,11 +66,15 @@ class RunContext:
     def progress(self, fraction: float, message: str = "") -> None:
         with self._lock:
             self._latest = (min(1.0, max(0.0, float(fraction))), message[:500])
-        self._loop.call_soon_threadsafe(self.changed.set)
+            if self._since is None:
+                self._since = time.monotonic()
 
-    def take_progress(self) -> tuple[float, str] | None:
+    def take_progress(self, held: float = 0.0) -> tuple[float, str] | None:
+        """The latest progress, once its first change is ``held`` seconds old (else None)."""
         with self._lock:
-            latest, self._latest = self._latest, None
+            if self._since is None or time.monotonic() - self._since < held:
+                return None
+            latest, self._latest, self._since = self._latest, None, None
         return latest
 
     def cancelled(self) -> bool:

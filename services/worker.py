@@ -120,7 +120,10 @@ class Worker:
         """Claim and run until ``stop`` is called; then drain within the grace period."""
         await retrying(lambda: self.queue.register(self.identity), "register")
         housekeeping = asyncio.create_task(self._housekeeping(), name="worker-housekeeping")
-        leases = asyncio.create_task(self._runner.keep_leases(), name="worker-leases")
+        upkeep = [
+            asyncio.create_task(self._runner.keep_leases(), name="worker-leases"),
+            asyncio.create_task(self._runner.keep_progress(), name="worker-progress"),
+        ]
         try:
             await self._claim_loop()
         finally:
@@ -130,9 +133,9 @@ class Worker:
             try:
                 await self._drain()  # flows still running keep their leases meanwhile
             finally:
-                leases.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await leases
+                for job in upkeep:
+                    job.cancel()
+                await asyncio.gather(*upkeep, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping.set()

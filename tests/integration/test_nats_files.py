@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import tracemalloc
@@ -101,7 +100,7 @@ async def test_inputs_and_outputs_stream_through_the_owners_bucket(
     assert peak < PEAK_LIMIT, f"download held {peak} bytes"
     assert _sha(files.inputs["data"]) == input_sha
     # the flow writes through its context, which makes the attempt's folders on first use
-    ctx = RunContext(files, "cpu", asyncio.get_running_loop())
+    ctx = RunContext(files, "cpu")
     output_sha = _write(ctx.output("result.bin"), SIZE)
     refs, peak = await _peak(lambda: worker.close_attempt(task, files))
     assert peak < PEAK_LIMIT, f"output upload held {peak} bytes"

@@ -7,7 +7,6 @@ attempt left behind.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +38,7 @@ async def test_a_flow_that_writes_nothing_makes_no_folder(tmp_path: Path) -> Non
     files = LocalTaskFiles(tmp_path)
     task = _task(tmp_path)
     attempt = await files.open_attempt(task)
-    RunContext(attempt, "cpu", asyncio.get_running_loop()).progress(1.0)
+    RunContext(attempt, "cpu").progress(1.0)
     assert await files.close_attempt(task, attempt) == ()
     assert list((tmp_path / str(task.id)).iterdir()) == []
 
@@ -48,7 +47,7 @@ async def test_outputs_are_reported_and_scratch_removed(tmp_path: Path) -> None:
     files = LocalTaskFiles(tmp_path)
     task = _task(tmp_path)
     attempt = await files.open_attempt(task)
-    ctx = RunContext(attempt, "cpu", asyncio.get_running_loop())
+    ctx = RunContext(attempt, "cpu")
     (ctx.scratch / "tmp.bin").write_bytes(b"x" * 10)
     ctx.output("result.txt").write_text("done")
     refs = await files.close_attempt(task, attempt)
@@ -69,7 +68,7 @@ async def test_an_earlier_run_of_the_same_attempt_leaves_nothing_in_the_result(
     quiet = await files.open_attempt(task)
     assert await files.close_attempt(task, quiet) == ()  # wrote nothing: reports nothing
     attempt = await files.open_attempt(task)
-    RunContext(attempt, "cpu", asyncio.get_running_loop()).output("new.txt").write_text("new")
+    RunContext(attempt, "cpu").output("new.txt").write_text("new")
     assert [r.name for r in await files.close_attempt(task, attempt)] == ["new.txt"]
 
 

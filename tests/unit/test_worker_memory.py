@@ -266,3 +266,40 @@ async def test_results_claim_for_their_slots_and_never_one_slot_too_many(yard: Y
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_progress_is_sent_at_most_once_per_interval_and_never_after_the_result() -> None:
+    """A flow that ends within one interval of its first progress sends none; a long one
+    sends its latest about once per interval; all of it lands before ``task.done``."""
+    store, changed = MemoryTaskStore(), asyncio.Event()
+    store.on_commit(lambda _events: changed.set())
+    registry = FlowRegistry({Sleep.name: Sleep, Shout.name: Shout})
+    identity = WorkerIdentity(id="w-p", name="wp", host="test", flows=registry.names())
+    options = WorkerOptions(heartbeat_seconds=5.0, progress_interval=0.2, poll_interval=0.05)
+    files = MemoryFiles()
+    worker = Worker(identity, MemoryWorkQueue(store), files, registry, options)
+    running = asyncio.create_task(worker.run())
+    try:
+        quick_id, slow_id = uuid.uuid4(), uuid.uuid4()
+        ref = await files.save_input(
+            quick_id, input_name="text", filename="in.txt", chunks=_chunks(b"x"), limit=10
+        )
+        await store.record(
+            TaskCreated(task_id=quick_id, flow="test.shout", owner="a", inputs=(ref,))
+        )
+        await files.ensure_task_dir(slow_id)
+        slow = {"seconds": 1.0, "steps": 50}  # a change every 20 ms
+        await store.record(TaskCreated(task_id=slow_id, flow="debug.sleep", owner="a", params=slow))
+        for task_id in (quick_id, slow_id):
+            while not (await store.get(task_id)).state.finished:
+                changed.clear()
+                await changed.wait()
+        quick = [e.type for e in await store.events(quick_id)]
+        assert "task.progress" not in quick
+        kinds = [e.type for e in await store.events(slow_id)]
+        sent = kinds.count("task.progress")
+        assert 2 <= sent <= 1.0 / 0.2 + 1, kinds
+        assert kinds[-1] == "task.done"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
