@@ -9,8 +9,9 @@
   answers "cancel requested?" and "still yours?". No answer (server down) is
   not an error: JetStream still holds the lease.
 - report: progress is published; a result is published, its PubAck awaited, and
-  only then the message acked. A worker that dies before that is redelivered
-  after the ack wait, up to MaxDeliver times.
+  only then the message acked (a batch of results is published together). A
+  worker that dies before that is redelivered after the ack wait, up to
+  MaxDeliver times.
 - release (graceful stop): ``task.requeued`` then ``-NAK`` for prompt redelivery.
 - wait_for_work: a wake-up the relay sends after storing work, or the poll interval.
 
@@ -65,7 +66,6 @@ from flowyard.core.events import (
     utcnow,
 )
 from flowyard.core.ports import Heartbeat, Refill, Reported, WorkerIdentity
-from flowyard.core.results import each_reported
 from flowyard.core.task import Task, TaskState, event_for
 
 log = logging.getLogger(__name__)
@@ -335,11 +335,21 @@ class NatsWorkQueue:
         events: Sequence[TaskDone | TaskRequeued],
         refill: Refill | None = None,
     ) -> Reported:
-        """Published in order, each acked after its own PubAck (the server folds them).
+        """Published together, as claims are: one PubAck round trip for the batch, each
+        message acked after its own PubAck (the server folds them). A batch holds one
+        result per task, so their order does not matter. A failed publish fails the
+        batch once the others settled; the completer writes it again, and JetStream
+        drops the repeats by id.
 
         Claims nothing for ``refill``: a pull belongs to the claim loop (one request
         open per consumer), which takes the freed slots."""
-        return Reported(await each_reported(lambda event: self.report(worker, event), events))
+        outcomes = await asyncio.gather(
+            *(self.report(worker, event) for event in events), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, LeaseLost):
+                raise outcome
+        return Reported([o if isinstance(o, LeaseLost) else None for o in outcomes])
 
     async def release(self, worker: WorkerIdentity, task: Task, reason: str) -> None:
         held = self._held.pop(task.id, None)
