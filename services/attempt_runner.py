@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FINISH_SECONDS = 5.0
+MIN_PROGRESS_TICK = 0.01
+"""The progress ticker's shortest sleep (``progress_interval`` 0 sends every change)."""
 Status = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -255,7 +257,7 @@ class AttemptRunner:
         flow that ends within one, and no per-task timer or wake-up."""
         interval = self.options.progress_interval
         while True:
-            await asyncio.sleep(interval / 2)
+            await asyncio.sleep(max(interval / 2, MIN_PROGRESS_TICK))
             for key, (task, ctx) in list(self._flowing.items()):
                 if key in self._sending:
                     continue  # the last one is still being written
