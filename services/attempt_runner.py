@@ -259,8 +259,8 @@ class AttemptRunner:
         while True:
             await asyncio.sleep(max(interval / 2, MIN_PROGRESS_TICK))
             for key, (task, ctx) in list(self._flowing.items()):
-                if key in self._sending:
-                    continue  # the last one is still being written
+                if key in self._sending or ctx.lease_lost:
+                    continue  # the last one is still being written, or the flow is stopping
                 latest = ctx.take_progress(held=interval)
                 if latest is not None:
                     self._sending[key] = asyncio.create_task(self._send(key, task, ctx, latest))
