@@ -184,19 +184,17 @@ class AttemptRunner:
         if status == "failed" and outcome is not None:
             policy = run.flow.retry_policy()
             again = after_failure(task, policy, outcome, error or "", utcnow())
+        self._ending.discard(run.key)  # handed over (or dropped) below: no longer to come
         try:
             if ctx.lease_lost:
                 log.warning("task %s attempt %d was taken away; result dropped", *run.key)
             elif again is not None:
                 log.info("task %s: %s", task.id, again.reason)
-                self._ending.discard(run.key)
                 await self.completer.report(again)
             else:
                 await self.finish(task, status, error=error, outputs=outputs)
         except LeaseLost as exc:  # refused: that attempt went to another worker meanwhile
             log.warning("task %s: %s", task.id, exc.message)
-        finally:
-            self._ending.discard(run.key)
         self.concluded(task.id)
 
     async def _outcome(
@@ -225,7 +223,6 @@ class AttemptRunner:
         error: str | None = None,
         outputs: tuple[FileRef, ...] = (),
     ) -> None:
-        self._ending.discard((task.id, task.attempt))
         done = event_for(
             task, TaskDone, status=status, error=error, outputs=outputs, worker_id=self.identity.id
         )
