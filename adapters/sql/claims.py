@@ -9,16 +9,21 @@ the worker serves one owner, so a handful of objects serve every claim:
   single writer anyway);
 - MariaDB/MySQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE`` then
   ``SELECT`` in the same transaction (MariaDB has no ``UPDATE … RETURNING``).
+
+On PostgreSQL the same claim, written as SQL, goes to psycopg directly
+(``pg_direct.py``); SQLite runs the Core statement.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.database import Tx
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks
@@ -96,7 +101,10 @@ async def claim_rows(
     in claim order: highest priority first, then the oldest."""
     params = _params(worker, limit, now, deadline)
     one_owner = worker.owner is not None
-    if dialect == "mysql":
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        rows: Sequence[Any] = await pg_direct.claim(pg, params)
+    elif dialect == "mysql":
         ids = list((await tx.conn.execute(_pick(one_owner), params)).scalars())
         if not ids:
             return []

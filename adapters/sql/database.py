@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,11 +28,16 @@ TxHook = Callable[["Tx", Sequence[Event]], Awaitable[None]]
 
 @dataclass
 class Tx:
-    """One write transaction; ``hooks`` run for every event appended inside it."""
+    """One write transaction; ``hooks`` run for every event appended inside it.
+
+    On PostgreSQL the hot statements also use the driver connection under ``conn``
+    (``pg_direct.py``), fetched once per transaction into ``driver``."""
 
     conn: AsyncConnection
     hooks: Sequence[TxHook] = ()
     events: list[Event] = field(default_factory=list)
+    postgres: bool = False
+    driver: Any = None
 
 
 class Database:
@@ -59,7 +65,7 @@ class Database:
         async with lock:
             with self._translated():
                 async with self.engine.begin() as conn:
-                    tx = Tx(conn, tuple(self._hooks))
+                    tx = Tx(conn, tuple(self._hooks), postgres=self.dialect == "postgresql")
                     yield tx
         if tx.events:
             self.notify(tx.events)

@@ -6,7 +6,8 @@ from the worker that holds the attempt changes fields that depend on the event
 alone (``core.task.done_update``), and ``apply`` accepts it exactly when the row
 is running that attempt for that worker (``core.task.held_by_worker``). So a
 batch of such results is one ``UPDATE`` run for all rows with that fence in its
-``WHERE`` (an executemany the drivers pipeline); the queue appends their events
+``WHERE`` (an executemany the drivers pipeline; on PostgreSQL sent to psycopg
+directly, ``pg_direct.py``); the queue appends their events
 with those of the claim in the same write, in one multi-row insert. When fewer
 rows matched than results were given (an attempt taken away, or a retried write
 whose first try committed after all), the caller rolls back and records the
@@ -20,6 +21,7 @@ from typing import Any, TypeGuard
 
 import sqlalchemy as sa
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.database import Tx
 from flowyard.adapters.sql.rows import column_values
 from flowyard.adapters.sql.schema import UtcDateTime, tasks
@@ -67,9 +69,14 @@ async def write_held_results(tx: Tx, results: Sequence[TaskDone]) -> None:
     (``tx`` must then roll back)."""
     if not results:
         return
-    outcome = await tx.conn.execute(_FINISH_HELD, [_row(event) for event in results])
-    if outcome.rowcount != len(results):
-        raise NotAllHeld(f"{len(results) - outcome.rowcount} of {len(results)} results not held")
+    rows = [_row(event) for event in results]
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        matched = await pg_direct.finish_held(pg, rows)
+    else:
+        matched = (await tx.conn.execute(_FINISH_HELD, rows)).rowcount
+    if matched != len(results):
+        raise NotAllHeld(f"{len(results) - matched} of {len(results)} results not held")
 
 
 def _row(event: TaskDone) -> dict[str, Any]:

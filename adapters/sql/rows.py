@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,7 +11,7 @@ from flowyard.core.events import Event, FileRef, parse_event
 from flowyard.core.task import Task, TaskState
 
 
-def task_from_row(row: sa.Row[Any] | sa.RowMapping) -> Task:
+def task_from_row(row: sa.Row[Any] | Mapping[str, Any]) -> Task:
     data = dict(row._mapping) if isinstance(row, sa.Row) else dict(row)
     data["state"] = TaskState(data["state"])
     data["inputs"] = tuple(FileRef.model_validate(f) for f in data["inputs"] or ())

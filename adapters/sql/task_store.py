@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.database import Database, Tx
 from flowyard.adapters.sql.rows import event_from_row, event_values, task_from_row, task_values
 from flowyard.adapters.sql.schema import events, idempotency_keys, tasks, workers
@@ -302,8 +303,12 @@ async def append_events(
     """Append to the log; ``relayed_at`` marks events that are already on the bus."""
     if not batch:
         return
-    rows = [event_values(e) | {"relayed_at": relayed_at} for e in batch]
-    await tx.conn.execute(sa.insert(events), rows)
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        await pg_direct.insert_events(pg, [event_values(e) for e in batch], relayed_at)
+    else:
+        rows = [event_values(e) | {"relayed_at": relayed_at} for e in batch]
+        await tx.conn.execute(sa.insert(events), rows)
     tx.events.extend(batch)
     for hook in tx.hooks:
         await hook(tx, batch)

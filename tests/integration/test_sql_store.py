@@ -9,10 +9,11 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.engine import check_schema, make_engine, upgrade
-from flowyard.adapters.sql.task_store import SqlTaskStore
+from flowyard.adapters.sql.task_store import SqlTaskStore, append_events
 from flowyard.adapters.sql.wakeup import PollWaker
 from flowyard.adapters.sql.work_queue import SqlWorkQueue
 from flowyard.core.errors import Conflict, LeaseLost, SchemaMissing, TaskNotFound
@@ -178,3 +179,76 @@ async def test_event_log_sequence(queue: SqlWorkQueue) -> None:
     async with store.db.read() as conn:
         pending = await conn.scalar(sa.text("SELECT COUNT(*) FROM events WHERE relayed_at IS NULL"))
     assert pending == 2
+
+
+async def test_a_write_keeps_its_events_in_order_and_their_text_as_written(
+    queue: SqlWorkQueue,
+) -> None:
+    """The events' insert (one statement for the batch on every database) keeps the
+    batch's order in ``seq``, every character of each body, and ``relayed_at``."""
+    store = queue.store
+    task = await store.record(new_task())
+    [claimed] = await queue.claim(WORKER, 1)
+    awkward = 'say "hi" \\ back\\slash {braces} ,comma, ünïcødé 雪 \u2028 end'
+    progress = [
+        TaskProgress(
+            task_id=task.id, flow=task.flow, owner=task.owner, attempt=1, progress=0.5, message=m
+        )
+        for m in (awkward, "second", "{", '"')
+    ]
+    start = await store.last_seq()
+    relayed = utcnow()
+    async with store.db.write() as tx:
+        await append_events(tx, progress[:2])
+        await append_events(tx, progress[2:], relayed_at=relayed)
+    entries = await store.events_after(start)
+    assert [e for _, e in entries] == progress
+    assert [seq for seq, _ in entries] == sorted(seq for seq, _ in entries)
+    async with store.db.read() as conn:
+        marks = (await conn.execute(sa.text("SELECT relayed_at FROM events ORDER BY seq"))).all()
+    assert [m[0] is None for m in marks[-4:]] == [True, True, False, False]
+    assert claimed.id == task.id
+
+
+async def test_an_event_stored_twice_is_refused_and_nothing_of_its_write_stays(
+    queue: SqlWorkQueue,
+) -> None:
+    store = queue.store
+    task = await store.record(new_task())
+    again = (await store.events(task.id))[0]
+    start = await store.last_seq()
+    fresh = TaskProgress(task_id=task.id, flow=task.flow, owner=task.owner, attempt=0, progress=0.1)
+    with pytest.raises(IntegrityError):
+        async with store.db.write() as tx:
+            await append_events(tx, [fresh, again])
+    assert await store.events_after(start) == []
+    assert await store.record_all([TaskCreated.model_validate(again.model_dump())]) == [
+        await store.get(task.id)
+    ]
+
+
+async def test_claimed_tasks_read_their_times_in_utc_whatever_the_session_time_zone(
+    db_uri: str,
+) -> None:
+    if db_uri.startswith("postgresql"):
+        setup = make_engine(db_uri)
+        async with setup.begin() as conn:
+            await conn.execute(sa.text("SELECT set_config('timezone', 'Asia/Kolkata', false)"))
+            name = await conn.scalar(sa.text("SELECT current_database()"))
+            await conn.execute(sa.text(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'"))
+        await setup.dispose()
+    engine = make_engine(db_uri)
+    await upgrade(engine)
+    db = Database(engine)
+    queue = SqlWorkQueue(SqlTaskStore(db), PollWaker(0.1), lease_seconds=30)
+    try:
+        created = await queue.store.record(new_task())
+        [claimed] = await queue.claim(WORKER, 1)
+        for value in (claimed.created_at, claimed.claimed_at, claimed.lease_expires_at):
+            assert value is not None
+            assert value.utcoffset() == timedelta(0)
+        assert claimed.created_at == created.created_at
+        stored = await queue.store.get(claimed.id)
+        assert stored.claimed_at == claimed.claimed_at
+    finally:
+        await db.close()

@@ -1,0 +1,129 @@
+"""A worker's hot statements on PostgreSQL, sent to psycopg without SQLAlchemy's layer.
+
+Through SQLAlchemy's async layer every statement costs a greenlet, an execution
+context, and parameter and result processing. A worker's write of four results
+and four claims spent about 1.5 of its 5.5 ms of CPU there
+(``bench/profile_db_worker.py`` and ``docs/performance.md``). The three
+statements every task passes through (a result written under its fence, the
+claim, the events' insert) are written here as PostgreSQL SQL and run on the
+driver connection of the same transaction, so they commit or roll back with
+everything else the write did. SQLite and MariaDB keep the Core statements;
+both paths write the same columns from the same values (``rows.py``).
+
+The driver's errors are raised as SQLAlchemy's (``DBAPIError.instance``), so
+``driver_errors_as_unavailable`` and every ``except IntegrityError`` treat both
+paths alike; a connection that broke is thrown away by SQLAlchemy when it rolls
+the transaction back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy.exc import DBAPIError
+
+from flowyard.adapters.sql.database import Tx
+
+_FINISH_HELD = """
+UPDATE tasks SET state = %(state)s, outputs = %(outputs)s::json, error = %(error)s,
+    finished_at = %(finished_at)s, lease_expires_at = %(lease_expires_at)s,
+    updated_at = %(updated_at)s, progress = coalesce(%(_progress)s, progress),
+    cancelled_at = coalesce(%(_cancelled_at)s, cancelled_at)
+WHERE id = %(_id)s AND attempt = %(_attempt)s AND state = 'running' AND worker_id = %(_worker)s
+"""
+
+_CLAIM = """
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE state = 'queued' AND flow = ANY(%(_flows)s)
+        AND (not_before IS NULL OR not_before <= %(_now)s) {owner}
+    ORDER BY priority DESC, created_at, id
+    LIMIT %(_limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks SET state = 'running', attempt = tasks.attempt + 1, worker_id = %(_worker)s,
+    lease_expires_at = %(_deadline)s, claimed_at = %(_now)s, progress = 0.0, message = '',
+    not_before = NULL, updated_at = %(_now)s
+FROM picked WHERE tasks.id = picked.id
+RETURNING tasks.*
+"""
+_CLAIM_ANY_OWNER = _CLAIM.format(owner="")
+_CLAIM_ONE_OWNER = _CLAIM.format(owner="AND owner = %(_owner)s")
+
+# One statement for any number of events: arrays, one per column, unnested in order (the
+# log's seq follows the batch's order, as the multi-row insert of the Core path does).
+# The arrays go in binary (%b): the text format escapes every quote of every JSON body
+# with a regular expression, which cost more than the rest of the statement.
+_INSERT_EVENTS = """
+INSERT INTO events (id, task_id, type, flow, owner, attempt, at, body, relayed_at)
+SELECT id, task_id, type, flow, owner, attempt, at, body, %(relayed_at)s::timestamptz
+FROM unnest(%(id)b::uuid[], %(task_id)b::uuid[], %(type)b::text[], %(flow)b::text[],
+    %(owner)b::text[], %(attempt)b::int[], %(at)b::timestamptz[], %(body)b::text[])
+    WITH ORDINALITY AS e(id, task_id, type, flow, owner, attempt, at, body, n)
+ORDER BY n
+"""
+_EVENT_COLUMNS = ("id", "task_id", "type", "flow", "owner", "attempt", "at", "body")
+
+
+async def connection(tx: Tx) -> psycopg.AsyncConnection[Any] | None:
+    """The psycopg connection under ``tx`` on PostgreSQL; None on the other databases."""
+    if not tx.postgres:
+        return None
+    if tx.driver is None:
+        tx.driver = (await tx.conn.get_raw_connection()).driver_connection
+    driver: psycopg.AsyncConnection[Any] = tx.driver
+    return driver
+
+
+@contextlib.asynccontextmanager
+async def _cursor(
+    pg: psycopg.AsyncConnection[Any], statement: str
+) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+    try:
+        async with pg.cursor(row_factory=dict_row) as cur:
+            yield cur
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, psycopg.Error, connection_invalidated=pg.broken or pg.closed
+        ) from exc
+
+
+async def finish_held(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> int:
+    """Run ``held_results``' fenced update for ``rows`` (its parameters), in their order
+    (psycopg pipelines them); return how many rows matched."""
+    params = [row | {"outputs": json.dumps(row["outputs"])} for row in rows]
+    async with _cursor(pg, _FINISH_HELD) as cur:
+        await cur.executemany(_FINISH_HELD, params)
+        return cur.rowcount
+
+
+async def claim(pg: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The claim of ``claims.py`` (same parameters); the claimed rows as column dicts."""
+    statement = _CLAIM_ONE_OWNER if "_owner" in params else _CLAIM_ANY_OWNER
+    async with _cursor(pg, statement) as cur:
+        await cur.execute(statement, params)
+        return [_in_utc(row) for row in await cur.fetchall()]
+
+
+async def insert_events(
+    pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]], relayed_at: datetime | None
+) -> None:
+    """Insert the events' rows (``rows.event_values``) in one statement."""
+    params: dict[str, Any] = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
+    params["relayed_at"] = relayed_at
+    async with _cursor(pg, _INSERT_EVENTS) as cur:
+        await cur.execute(_INSERT_EVENTS, params)
+
+
+def _in_utc(row: dict[str, Any]) -> dict[str, Any]:
+    """Datetimes in UTC whatever the session's time zone, as ``schema.UtcDateTime`` reads them."""
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            row[name] = value.astimezone(UTC)
+    return row
