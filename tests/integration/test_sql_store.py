@@ -11,6 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from flowyard.adapters.sql import pg_direct
+from flowyard.adapters.sql.claims import _pick
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.engine import check_schema, make_engine, upgrade
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events
@@ -252,3 +254,35 @@ async def test_claimed_tasks_read_their_times_in_utc_whatever_the_session_time_z
         assert stored.claimed_at == claimed.claimed_at
     finally:
         await db.close()
+
+
+async def test_a_claim_walks_the_queue_in_index_order_instead_of_sorting_it(
+    queue: SqlWorkQueue,
+) -> None:
+    """The claim's order has an index of its own (``ix_tasks_next``): the database stops
+    after the rows it takes. Without it every claim read and sorted every queued task."""
+    store = queue.store
+    for _ in range(30):
+        await store.record(new_task())
+    now = utcnow()
+    dialect = store.db.dialect
+    if dialect == "postgresql":
+        statement = "EXPLAIN " + pg_direct._CLAIM_ANY_OWNER
+        params: dict[str, object] = {
+            "_flows": list(WORKER.flows), "_now": now, "_limit": 4,
+            "_worker": WORKER.id, "_deadline": now,
+        }  # fmt: skip
+    else:
+        pick = _pick(False).params(_flows=list(WORKER.flows), _now=now, _limit=4)
+        sql = str(pick.compile(store.db.engine, compile_kwargs={"literal_binds": True}))
+        statement = ("EXPLAIN QUERY PLAN " if dialect == "sqlite" else "EXPLAIN ") + sql
+        params = {}
+    async with store.db.engine.connect() as conn:
+        if dialect == "postgresql":
+            await conn.execute(sa.text("SET enable_seqscan = off"))  # a tiny table: seq wins
+        rows = (await conn.exec_driver_sql(statement, params or None)).all()
+    plan = " ".join(str(cell) for row in rows for cell in row)
+    assert "ix_tasks_next" in plan, plan
+    assert "Sort" not in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+    assert "filesort" not in plan, plan
