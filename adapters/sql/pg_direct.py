@@ -19,16 +19,19 @@ the transaction back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from psycopg.rows import dict_row
 from sqlalchemy.exc import DBAPIError
 
 from flowyard.adapters.sql.database import Tx
+from flowyard.adapters.sql.schema import tasks
 
 _FINISH_HELD = """
 UPDATE tasks SET state = %(state)s, outputs = %(outputs)s::json, error = %(error)s,
@@ -97,7 +100,7 @@ async def _cursor(
 async def finish_held(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> int:
     """Run ``held_results``' fenced update for ``rows`` (its parameters), in their order
     (psycopg pipelines them); return how many rows matched."""
-    params = [row | {"outputs": json.dumps(row["outputs"])} for row in rows]
+    params = [row | {"outputs": _json(row["outputs"])} for row in rows]
     async with _cursor(pg, _FINISH_HELD) as cur:
         await cur.executemany(_FINISH_HELD, params)
         return cur.rowcount
@@ -119,6 +122,44 @@ async def insert_events(
     params["relayed_at"] = relayed_at
     async with _cursor(pg, _INSERT_EVENTS) as cur:
         await cur.execute(_INSERT_EVENTS, params)
+
+
+async def insert_tasks(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> None:
+    """Insert new tasks' rows (``rows.task_values``, all with the same columns)."""
+    statement = _insert_tasks_statement(tuple(rows[0]))
+    params = [
+        {name: _json(value) if name in _JSON else value for name, value in row.items()}
+        for row in rows
+    ]
+    async with _cursor(pg, statement) as cur:
+        await cur.executemany(statement, params)
+
+
+_JSON = frozenset(column.name for column in tasks.c if isinstance(column.type, sa.JSON))
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_tasks_statement(columns: tuple[str, ...]) -> str:
+    names = ", ".join(f'"{name}"' for name in columns)
+    values = ", ".join(f"%({name})s::json" if name in _JSON else f"%({name})s" for name in columns)
+    return f"INSERT INTO tasks ({names}) VALUES ({values})"
+
+
+def _json(value: Any) -> str | None:
+    """A JSON column's value as its text (None: SQL NULL, as ``then`` stores no chain)."""
+    return None if value is None else json.dumps(value)
+
+
+async def notify(pg: psycopg.AsyncConnection[Any], keys: Sequence[tuple[str, str]]) -> None:
+    """``pg_notify`` for each ``(channel, payload)``, in one statement."""
+    statement = _notify_statement(len(keys))
+    async with _cursor(pg, statement) as cur:
+        await cur.execute(statement, [value for key in keys for value in key])
+
+
+@functools.lru_cache(maxsize=64)
+def _notify_statement(count: int) -> str:
+    return "SELECT " + ", ".join(["pg_notify(%s, %s)"] * count)
 
 
 def _in_utc(row: dict[str, Any]) -> dict[str, Any]:

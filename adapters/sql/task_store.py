@@ -241,7 +241,12 @@ async def insert_new(tx: Tx, created: Sequence[TaskCreated]) -> list[Task]:
     """New tasks and their ``task.created`` events in ``tx``: one multi-row insert each.
     An id already stored raises ``IntegrityError`` (``tx`` must then roll back)."""
     new = [apply(None, event) for event in created]
-    await tx.conn.execute(_INSERT_TASK, [task_values(task) for task in new])
+    rows = [task_values(task) for task in new]
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        await pg_direct.insert_tasks(pg, rows)
+    else:
+        await tx.conn.execute(_INSERT_TASK, rows)
     await append_events(tx, created)
     return new
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.database import Database, Tx
 from flowyard.core.backoff import Backoff
 from flowyard.core.events import Event
@@ -264,7 +265,11 @@ class PgNotifier:
             self._sent[key] = now
             due.append(key)
         if due:
-            await tx.conn.execute(_notify_all(len(due)), _notify_params(due))
+            pg = await pg_direct.connection(tx)
+            if pg is not None:  # always, in a write of Database on PostgreSQL
+                await pg_direct.notify(pg, due)
+            else:
+                await tx.conn.execute(_notify_all(len(due)), _notify_params(due))
         if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
             for keys in self._suppressed.values():
                 self._pending.update(keys)

@@ -27,7 +27,13 @@ from flowyard.adapters.sql.held_results import NotAllHeld, is_held_result, write
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events, record_in, write_task
-from flowyard.core.errors import IllegalTransition, LeaseLost, StaleAttempt, TaskFinished
+from flowyard.core.errors import (
+    IllegalTransition,
+    LeaseLost,
+    StaleAttempt,
+    TaskFinished,
+    Unavailable,
+)
 from flowyard.core.events import TaskClaimed, TaskDone, TaskProgress, TaskRequeued, utcnow
 from flowyard.core.ports import Heartbeat, Refill, Reported, Waker, WorkerIdentity
 from flowyard.core.task import Task, TaskState, apply, event_for, lease_expired
@@ -48,6 +54,7 @@ class SqlWorkQueue:
         self.waker = waker
         self.lease = timedelta(seconds=lease_seconds)
         self._next_due: datetime | None = None
+        self._came_up_short: tuple[WorkerIdentity, datetime] | None = None
 
     async def register(self, worker: WorkerIdentity) -> None:
         await self.store.register_worker(worker, utcnow())
@@ -61,8 +68,7 @@ class SqlWorkQueue:
             claimed, events = await self._claim_in(tx, Refill(worker, limit), now)
             await append_events(tx, events)
         self.waker.found_work(bool(claimed))
-        if len(claimed) < limit:
-            self._next_due = await self._next_scheduled(worker, now)
+        self._came_up_short = (worker, now) if len(claimed) < limit else None
         return claimed
 
     async def _claim_in(
@@ -96,7 +102,18 @@ class SqlWorkQueue:
         return value
 
     async def wait_for_work(self, max_wait: float) -> None:
-        """Until woken, ``max_wait``, or the next scheduled task is due, whichever first."""
+        """Until woken, ``max_wait``, or the next scheduled task is due, whichever first.
+
+        When the last claim came up short, the earliest scheduled task is read here
+        rather than in the claim, so the tasks it did claim start without waiting for
+        that read (it cost an idle task about 6 ms between its claim and its flow)."""
+        if self._came_up_short is not None:
+            (worker, claimed_at), self._came_up_short = self._came_up_short, None
+            try:
+                self._next_due = await self._next_scheduled(worker, claimed_at)
+            except Unavailable as exc:  # the next claim meets the outage and backs off
+                log.debug("no next scheduled time: %s", exc.message)
+                self._next_due = None
         if self._next_due is not None:
             due_in = (self._next_due - utcnow()).total_seconds()
             max_wait = max(0.0, min(max_wait, due_in + 0.01))

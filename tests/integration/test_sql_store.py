@@ -15,11 +15,19 @@ from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.claims import _pick
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.engine import check_schema, make_engine, upgrade
+from flowyard.adapters.sql.schema import tasks
 from flowyard.adapters.sql.task_store import SqlTaskStore, append_events
 from flowyard.adapters.sql.wakeup import PollWaker
 from flowyard.adapters.sql.work_queue import SqlWorkQueue
 from flowyard.core.errors import Conflict, LeaseLost, SchemaMissing, TaskNotFound
-from flowyard.core.events import FileRef, TaskCreated, TaskDone, TaskProgress, utcnow
+from flowyard.core.events import (
+    ChainStep,
+    FileRef,
+    TaskCreated,
+    TaskDone,
+    TaskProgress,
+    utcnow,
+)
 from flowyard.core.ports import Heartbeat, WorkerIdentity
 from flowyard.core.task import TaskState, rebuild
 
@@ -286,3 +294,26 @@ async def test_a_claim_walks_the_queue_in_index_order_instead_of_sorting_it(
     assert "Sort" not in plan, plan
     assert "TEMP B-TREE" not in plan, plan
     assert "filesort" not in plan, plan
+
+
+async def test_new_tasks_keep_their_json_columns_as_given(queue: SqlWorkQueue) -> None:
+    """Params, inputs and a chain survive the insert of new tasks on every database, and a
+    task without a chain stores none."""
+    store = queue.store
+    params = {"text": 'a "quoted" \\ back ü 雪', "nested": {"list": [1, 2.5, None, True]}}
+    chained = TaskCreated(
+        task_id=uuid.uuid4(),
+        flow="debug.sleep",
+        params=params,
+        then=(ChainStep(flow="image.blur", params={"radius": 2}),),
+    )
+    plain = new_task()
+    created = await store.record_all([chained, plain])
+    assert [await store.get(t.id) for t in created] == created
+    again = await store.get(chained.task_id)
+    assert again.params == params
+    assert again.then == chained.then
+    assert (await store.get(plain.task_id)).then == ()
+    async with store.db.read() as conn:
+        query = sa.select(sa.func.count()).where(tasks.c.then.is_(None))
+        assert await conn.scalar(query) == 1
