@@ -1,13 +1,13 @@
-"""A worker's hot statements on PostgreSQL, sent to psycopg without SQLAlchemy's layer.
+"""The statements every task passes through, on PostgreSQL, sent to psycopg directly.
 
 Through SQLAlchemy's async layer every statement costs a greenlet, an execution
-context, and parameter and result processing. A worker's write of four results
-and four claims spent about 1.5 of its 5.5 ms of CPU there
-(``bench/profile_db_worker.py`` and ``docs/performance.md``). The three
-statements every task passes through (a result written under its fence, the
-claim, the events' insert) are written here as PostgreSQL SQL and run on the
-driver connection of the same transaction, so they commit or roll back with
-everything else the write did. SQLite and MariaDB keep the Core statements;
+context, and parameter and result processing: a worker's write of four results,
+four claims and eight events spent 5.5 ms of CPU that way against 4.0 ms here
+(``docs/performance.md``, fourth sitting). The new rows of a create, the events'
+insert, the claim, a worker's fenced result and the NOTIFYs are written here as
+PostgreSQL SQL and run on the driver connection of the same transaction, so
+they commit or roll back with everything else the write did. Transactions stay
+with SQLAlchemy, and so do SQLite and MariaDB, which run the Core statements;
 both paths write the same columns from the same values (``rows.py``).
 
 The driver's errors are raised as SQLAlchemy's (``DBAPIError.instance``), so

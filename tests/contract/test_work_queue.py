@@ -128,6 +128,20 @@ async def test_wait_for_work_is_woken_by_a_new_task(ports: Ports) -> None:
     assert len(await ports.queue.claim(worker(), 1)) == 1
 
 
+async def test_wait_for_work_ends_when_a_scheduled_task_falls_due(ports: Ports) -> None:
+    """Nothing wakes the worker for a task that becomes due: ``wait_for_work`` reads when
+    the earliest one is due (after a claim that came up short) and stops waiting then."""
+    due = utcnow() + timedelta(seconds=0.4)
+    await ports.create(not_before=due)
+    assert await ports.queue.claim(worker(), 1) == []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(ports.queue.wait_for_work(30), 10)
+    assert loop.time() - started < 5
+    assert utcnow() >= due
+    assert len(await ports.queue.claim(worker(), 1)) == 1
+
+
 async def test_report_many_records_each_and_refuses_only_the_stale_one(ports: Ports) -> None:
     for _ in range(4):
         await ports.create()
