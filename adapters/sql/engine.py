@@ -48,18 +48,43 @@ gets ``Unavailable`` and retries.
 """
 
 
+IDLE_IN_TRANSACTION_SECONDS = 30
+"""The database ends a session that sits this long inside a transaction without a statement.
+
+Such a session is a client that froze, or whose host lost its link, in the middle
+of a write: its row locks would outlive its lease, and the reaper's ``SKIP
+LOCKED`` would pass over its task until the server's TCP noticed (about two
+hours by default). No flowyard transaction waits on anything but the database,
+so a healthy one is never idle this long. PostgreSQL also probes a silent
+client as the client probes it (``PG_CONNECT_ARGS``), which frees a cut-off
+session after about 20 s.
+"""
+
+PG_SESSION_SETTINGS: dict[str, str] = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "2",
+}
+
+
 PING_IDLE_SECONDS = 1.0
 """A pooled connection unused for longer than this is tested before use."""
 
 
-def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+def make_engine(
+    uri: str,
+    *,
+    pool_size: int = 10,
+    pre_ping: bool = True,
+    idle_in_transaction_seconds: int = IDLE_IN_TRANSACTION_SECONDS,
+) -> AsyncEngine:
     """An async engine for any supported URI (``sqlite``, ``postgresql``, ``mysql``/``mariadb``).
 
     ``pre_ping`` tests a pooled connection before use when it sat idle for more than
     ``PING_IDLE_SECONDS``, so the first request after a database restart does not
     fail; one used a moment ago is not tested again (a test is a round trip, and
     every transaction paid it). Processes that retry every call anyway (workers)
-    leave it off.
+    leave it off. ``idle_in_transaction_seconds`` is for tests that wait it out.
     """
     url = make_url(normalise_database_uri(uri))
     kwargs: dict[str, Any] = {}
@@ -82,9 +107,34 @@ def make_engine(uri: str, *, pool_size: int = 10, pre_ping: bool = True) -> Asyn
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    elif pre_ping:
+        return engine
+    _end_idle_transactions(engine.sync_engine, idle_in_transaction_seconds)
+    if pre_ping:
         _ping_when_idle(engine.sync_engine, PING_IDLE_SECONDS)
     return engine
+
+
+def _end_idle_transactions(engine: sa.Engine, seconds: int) -> None:
+    """Each new connection asks the server to end it when idle in a transaction (see above).
+
+    Session settings, not startup options, so a connection pooler in between
+    does not refuse them. MySQL has no such setting; MariaDB (10.3+) does.
+    """
+    dialect = engine.dialect
+
+    def connected(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if dialect.name == "postgresql":
+            settings = {"idle_in_transaction_session_timeout": f"{seconds}s"}
+            settings |= PG_SESSION_SETTINGS
+            calls = ", ".join("set_config(%s, %s, false)" for _ in settings)
+            cursor.execute(f"SELECT {calls}", [v for kv in settings.items() for v in kv])
+        elif getattr(dialect, "is_mariadb", False):
+            cursor.execute(f"SET SESSION idle_transaction_timeout = {int(seconds)}")
+        cursor.close()
+        dbapi_connection.commit()  # a rolled-back SET would be undone on PostgreSQL
+
+    event.listen(engine, "connect", connected)
 
 
 def _ping_when_idle(engine: sa.Engine, after: float) -> None:
