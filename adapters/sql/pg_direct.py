@@ -23,12 +23,13 @@ import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flowyard.adapters.sql.database import Tx
 from flowyard.adapters.sql.schema import tasks
@@ -79,9 +80,15 @@ async def connection(tx: Tx) -> psycopg.AsyncConnection[Any] | None:
     if not tx.postgres:
         return None
     if tx.driver is None:
-        tx.driver = (await tx.conn.get_raw_connection()).driver_connection
-    driver: psycopg.AsyncConnection[Any] = tx.driver
-    return driver
+        tx.driver = await driver(tx.conn)
+    pg: psycopg.AsyncConnection[Any] = tx.driver
+    return pg
+
+
+async def driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under a SQLAlchemy connection to PostgreSQL."""
+    raw = await conn.get_raw_connection()  # checked out: its driver connection is there
+    return cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
 
 
 @contextlib.asynccontextmanager
@@ -151,7 +158,7 @@ def _json(value: Any) -> str | None:
 
 
 async def notify(pg: psycopg.AsyncConnection[Any], keys: Sequence[tuple[str, str]]) -> None:
-    """``pg_notify`` for each ``(channel, payload)``, in one statement."""
+    """``pg_notify`` for each ``(channel, payload)``, in one statement (one round trip)."""
     statement = _notify_statement(len(keys))
     async with _cursor(pg, statement) as cur:
         await cur.execute(statement, [value for key in keys for value in key])

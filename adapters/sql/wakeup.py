@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import psycopg
 import psycopg.sql
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,20 +75,6 @@ CANCEL_CHANNEL = "flowyard_cancel"
 """NOTIFY channel for 'stop this task': the payload is its id (the worker running it listens)."""
 
 WORK_EVENTS = frozenset({"task.created", "task.requeued", "task.retried"})
-
-
-@functools.lru_cache(maxsize=64)
-def _notify_all(count: int) -> sa.TextClause:
-    """One statement for all the NOTIFYs of a transaction (one round trip, not one each)."""
-    calls = ", ".join(f"pg_notify(:c{i}, :p{i})" for i in range(count))
-    return sa.text(f"SELECT {calls}")
-
-
-def _notify_params(keys: Sequence[tuple[str, str]]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for i, (channel, payload) in enumerate(keys):
-        params[f"c{i}"], params[f"p{i}"] = channel, payload
-    return params
 
 
 _MAX_SUPPRESSED = 10_000
@@ -265,11 +249,7 @@ class PgNotifier:
             self._sent[key] = now
             due.append(key)
         if due:
-            pg = await pg_direct.connection(tx)
-            if pg is not None:  # always, in a write of Database on PostgreSQL
-                await pg_direct.notify(pg, due)
-            else:
-                await tx.conn.execute(_notify_all(len(due)), _notify_params(due))
+            await pg_direct.notify(await pg_direct.driver(tx.conn), due)
         if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
             for keys in self._suppressed.values():
                 self._pending.update(keys)
@@ -298,10 +278,8 @@ class PgNotifier:
         for key in keys:
             self._sent[key] = now
         try:
-            async with self._engine.connect() as conn:
-                ordered = sorted(keys)
-                await conn.execute(_notify_all(len(ordered)), _notify_params(ordered))
-                await conn.commit()
+            async with self._engine.begin() as conn:  # its COMMIT sends the NOTIFYs
+                await pg_direct.notify(await pg_direct.driver(conn), sorted(keys))
         except (SQLAlchemyError, OSError) as exc:  # a hint only: pollers catch up
             log.debug("trailing NOTIFY failed: %s", exc)
 

@@ -243,7 +243,6 @@ async def test_claimed_tasks_read_their_times_in_utc_whatever_the_session_time_z
     if db_uri.startswith("postgresql"):
         setup = make_engine(db_uri)
         async with setup.begin() as conn:
-            await conn.execute(sa.text("SELECT set_config('timezone', 'Asia/Kolkata', false)"))
             name = await conn.scalar(sa.text("SELECT current_database()"))
             await conn.execute(sa.text(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'"))
         await setup.dispose()
