@@ -4,7 +4,8 @@ Through SQLAlchemy's async layer every statement costs a greenlet, an execution
 context, and parameter and result processing: a worker's write of four results,
 four claims and eight events spent 5.5 ms of CPU that way against 4.0 ms here
 (``docs/performance.md``, fourth sitting). The new rows of a create, the events'
-insert, the claim, a worker's fenced result and the NOTIFYs are written here as
+insert, the claim, a worker's fenced result, the NOTIFYs, and the server's fold
+of transport workers' events (lock, look up, write back) are written here as
 PostgreSQL SQL and run on the driver connection of the same transaction, so
 they commit or roll back with everything else the write did. Transactions stay
 with SQLAlchemy, and so do SQLite and MariaDB, which run the Core statements;
@@ -21,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -134,21 +136,58 @@ async def insert_events(
 async def insert_tasks(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> None:
     """Insert new tasks' rows (``rows.task_values``, all with the same columns)."""
     statement = _insert_tasks_statement(tuple(rows[0]))
-    params = [
-        {name: _json(value) if name in _JSON else value for name, value in row.items()}
-        for row in rows
-    ]
     async with _cursor(pg, statement) as cur:
-        await cur.executemany(statement, params)
+        await cur.executemany(statement, [_json_columns(row) for row in rows])
 
 
+async def lock_tasks(
+    pg: psycopg.AsyncConnection[Any], task_ids: Collection[uuid.UUID]
+) -> list[dict[str, Any]]:
+    """The tasks' rows as column dicts, row-locked in id order (``projection.py``)."""
+    async with _cursor(pg, _LOCK_TASKS) as cur:
+        await cur.execute(_LOCK_TASKS, [sorted(task_ids)])
+        return [_in_utc(row) for row in await cur.fetchall()]
+
+
+async def known_events(
+    pg: psycopg.AsyncConnection[Any], event_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of ``event_ids`` the log already holds."""
+    async with _cursor(pg, _KNOWN_EVENTS) as cur:
+        await cur.execute(_KNOWN_EVENTS, [list(event_ids)])
+        return {row["id"] for row in await cur.fetchall()}
+
+
+async def update_tasks(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> None:
+    """Write whole task rows (``rows.task_values``, all with the same columns) by ``id``."""
+    statement = _update_tasks_statement(tuple(rows[0]))
+    async with _cursor(pg, statement) as cur:
+        await cur.executemany(statement, [_json_columns(row) for row in rows])
+
+
+_LOCK_TASKS = "SELECT * FROM tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+_KNOWN_EVENTS = "SELECT id FROM events WHERE id = ANY(%s)"
 _JSON = frozenset(column.name for column in tasks.c if isinstance(column.type, sa.JSON))
+
+
+def _json_columns(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: _json(value) if name in _JSON else value for name, value in row.items()}
+
+
+def _placeholder(name: str) -> str:
+    return f"%({name})s::json" if name in _JSON else f"%({name})s"
+
+
+@functools.lru_cache(maxsize=8)
+def _update_tasks_statement(columns: tuple[str, ...]) -> str:
+    assigned = ", ".join(f'"{name}" = {_placeholder(name)}' for name in columns if name != "id")
+    return f"UPDATE tasks SET {assigned} WHERE id = %(id)s"
 
 
 @functools.lru_cache(maxsize=8)
 def _insert_tasks_statement(columns: tuple[str, ...]) -> str:
     names = ", ".join(f'"{name}"' for name in columns)
-    values = ", ".join(f"%({name})s::json" if name in _JSON else f"%({name})s" for name in columns)
+    values = ", ".join(_placeholder(name) for name in columns)
     return f"INSERT INTO tasks ({names}) VALUES ({values})"
 
 

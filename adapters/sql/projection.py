@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.database import Database, Tx
 from flowyard.adapters.sql.dispatch_records import DispatchRecords
 from flowyard.adapters.sql.rows import task_from_row, task_values
@@ -200,12 +201,20 @@ class SqlProjection(TransportRecovery, DispatchRecords):
 
 async def _lock_tasks(tx: Tx, task_ids: set[uuid.UUID]) -> dict[uuid.UUID, Task]:
     """The tasks, row-locked in id order (two batches never wait on each other in a cycle)."""
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        return {
+            task.id: task for task in map(task_from_row, await pg_direct.lock_tasks(pg, task_ids))
+        }
     query = sa.select(tasks).where(tasks.c.id.in_(sorted(task_ids))).order_by(tasks.c.id)
     rows = (await tx.conn.execute(query.with_for_update())).all()
     return {row.id: task_from_row(row) for row in rows}
 
 
 async def _known_events(tx: Tx, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        return await pg_direct.known_events(pg, event_ids)
     query = sa.select(events.c.id).where(events.c.id.in_(event_ids))
     return set((await tx.conn.execute(query)).scalars())
 
@@ -214,12 +223,13 @@ async def _write_tasks(tx: Tx, changed: list[Task], kept: KeptLeases) -> None:
     """One executemany UPDATE for every row the batch changed (each written once, final)."""
     if not changed:
         return
-    rows = []
-    for task in changed:
-        values = task_values(task)
+    rows = [task_values(task) | {"lease_keeper": lease_keeper(task, kept)} for task in changed]
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        await pg_direct.update_tasks(pg, rows)
+        return
+    for values in rows:
         values["b_id"] = values.pop("id")
-        values["lease_keeper"] = lease_keeper(task, kept)
-        rows.append(values)
     columns: dict[str, Any] = {name: sa.bindparam(name) for name in rows[0] if name != "b_id"}
     statement = sa.update(tasks).where(tasks.c.id == sa.bindparam("b_id")).values(columns)
     await tx.conn.execute(statement, rows)
