@@ -61,10 +61,10 @@ session after about 20 s.
 """
 
 PG_SESSION_SETTINGS: dict[str, str] = {
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "2",
+    f"tcp_{name}": str(PG_CONNECT_ARGS[name])
+    for name in ("keepalives_idle", "keepalives_interval", "keepalives_count")
 }
+"""The server probes its client with the client's own keepalive timings."""
 
 
 PING_IDLE_SECONDS = 1.0
