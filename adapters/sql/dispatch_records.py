@@ -8,11 +8,12 @@ that keeps two servers from sending the same work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.database import Database, Tx
 from flowyard.adapters.sql.rows import task_from_row
 from flowyard.adapters.sql.schema import tasks, workers
@@ -74,34 +75,47 @@ class DispatchRecords:
         use: what transport workers run, plus work sent but not yet claimed), it answers
         how many of each pair to take, and none of other pairs (a round reads what it
         can send, not the whole backlog). The rows are read with ``FOR UPDATE SKIP
-        LOCKED``, so two servers never take the same task, and one ``UPDATE`` marks them.
+        LOCKED``, so two servers never take the same task; on PostgreSQL the read and the
+        mark are one statement per pair (``pg_direct``), elsewhere one ``UPDATE`` marks all.
         """
+        async with self.db.write() as tx:
+            pg = await pg_direct.connection(tx)
+            if pg is not None:
+                if size is None:
+                    rows = await pg_direct.take_any_unsent(pg, now, limit)
+                else:
+                    counts = await pg_direct.room_counts(pg, now, self.kept.transport)
+                    room = size(
+                        {(r["owner"], r["flow"]): (r["busy"], r["waiting"]) for r in counts}
+                    )
+                    rows = await pg_direct.take_unsent(pg, now, _wanted(room, limit))
+                found = [task_from_row(row) for row in rows]
+            else:
+                found = await self._take_unsent_core(tx, now, limit, size)
+        return sorted(found, key=lambda t: (-t.priority, t.created_at, t.id))
+
+    async def _take_unsent_core(
+        self, tx: Tx, now: datetime, limit: int, size: Sizer | None
+    ) -> list[Task]:
         waiting = _unsent_due(now)
+        if size is None:
+            wanted = [(waiting, limit)]
+        else:
+            room = size(await self._room_counts(tx, now))
+            wanted = [
+                (waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow), n)
+                for owner, flow, n in _wanted(room, limit)
+            ]
         order = (tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
         found: list[Task] = []
-        async with self.db.write() as tx:
-            if size is None:
-                wanted = [(waiting, limit)]
-            else:
-                room = size(await self._room_counts(tx, now))
-                wanted = [
-                    (waiting & (tasks.c.owner == owner) & (tasks.c.flow == flow), min(n, limit))
-                    for (owner, flow), n in sorted(room.items())
-                    if n > 0
-                ]
-            for where, n in wanted:
-                query = (
-                    sa.select(tasks)
-                    .where(where)
-                    .order_by(*order)
-                    .limit(n)
-                    .with_for_update(skip_locked=True)
-                )
-                found += [task_from_row(r) for r in (await tx.conn.execute(query)).all()]
-            if found:
-                mark = sa.update(tasks).where(tasks.c.id.in_([t.id for t in found]))
-                await tx.conn.execute(mark.values(work_sent_at=now))
-        return sorted(found, key=lambda t: (-t.priority, t.created_at, t.id))
+        for where, n in wanted:
+            query = sa.select(tasks).where(where).order_by(*order).limit(n)
+            rows = (await tx.conn.execute(query.with_for_update(skip_locked=True))).all()
+            found += [task_from_row(r) for r in rows]
+        if found:
+            mark = sa.update(tasks).where(tasks.c.id.in_([t.id for t in found]))
+            await tx.conn.execute(mark.values(work_sent_at=now))
+        return found
 
     async def _room_counts(self, tx: Tx, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
         waiting = _unsent_due(now)
@@ -133,6 +147,11 @@ class DispatchRecords:
                     & (tasks.c.attempt == task.attempt)
                 )
                 await tx.conn.execute(sa.update(tasks).where(where).values(work_sent_at=None))
+
+
+def _wanted(room: Mapping[tuple[str, str], int], limit: int) -> list[tuple[str, str, int]]:
+    """``(owner, flow, n)`` for each pair the sizer gave room, at most ``limit`` each."""
+    return [(owner, flow, min(n, limit)) for (owner, flow), n in sorted(room.items()) if n > 0]
 
 
 def _unsent_due(now: datetime) -> sa.ColumnElement[bool]:

@@ -165,6 +165,74 @@ async def update_tasks(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str
         await cur.executemany(statement, [_json_columns(row) for row in rows])
 
 
+async def room_counts(
+    pg: psycopg.AsyncConnection[Any], now: datetime, keeper: str
+) -> list[dict[str, Any]]:
+    """``dispatch_records``' counts: per ``(owner, flow)``, work in use and work waiting."""
+    async with _cursor(pg, _ROOM_COUNTS) as cur:
+        await cur.execute(_ROOM_COUNTS, {"now": now, "keeper": keeper})
+        return await cur.fetchall()
+
+
+async def take_unsent(
+    pg: psycopg.AsyncConnection[Any], now: datetime, wanted: Sequence[tuple[str, str, int]]
+) -> list[dict[str, Any]]:
+    """Mark up to ``n`` unsent due tasks of each ``(owner, flow, n)`` sent and return their
+    rows (one statement per pair, pipelined by psycopg)."""
+    params = [{"now": now, "owner": owner, "flow": flow, "n": n} for owner, flow, n in wanted]
+    if not params:
+        return []
+    return await _taken(pg, _TAKE_UNSENT_OF_PAIR, params)
+
+
+async def take_any_unsent(
+    pg: psycopg.AsyncConnection[Any], now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Mark up to ``limit`` unsent due tasks of any owner and flow sent; return their rows."""
+    return await _taken(pg, _TAKE_UNSENT, [{"now": now, "n": limit}])
+
+
+async def _taken(
+    pg: psycopg.AsyncConnection[Any], statement: str, params: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    async with _cursor(pg, statement) as cur:
+        await cur.executemany(statement, params, returning=True)
+        while True:
+            found += [_in_utc(row) for row in await cur.fetchall()]
+            if not cur.nextset():
+                return found
+
+
+_UNSENT_DUE = (
+    "state = 'queued' AND work_sent_at IS NULL AND (not_before IS NULL OR not_before <= %(now)s)"
+)
+_ROOM_COUNTS = f"""
+SELECT owner, flow,
+    count(*) FILTER (WHERE NOT ({_UNSENT_DUE})) AS busy,
+    count(*) FILTER (WHERE {_UNSENT_DUE}) AS waiting
+FROM tasks
+WHERE (state = 'running' AND lease_keeper = %(keeper)s)
+    OR (state = 'queued' AND work_sent_at IS NOT NULL) OR ({_UNSENT_DUE})
+GROUP BY owner, flow
+HAVING count(*) FILTER (WHERE {_UNSENT_DUE}) > 0
+"""
+# In the claim's order: highest priority first, then oldest.
+_TAKE = """
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE {due} {pair}
+    ORDER BY priority DESC, created_at, id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks SET work_sent_at = %(now)s FROM picked WHERE tasks.id = picked.id
+RETURNING tasks.*
+"""
+_TAKE_UNSENT = _TAKE.format(due=_UNSENT_DUE, pair="")
+_TAKE_UNSENT_OF_PAIR = _TAKE.format(
+    due=_UNSENT_DUE, pair="AND owner = %(owner)s AND flow = %(flow)s"
+)
 _LOCK_TASKS = "SELECT * FROM tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 _KNOWN_EVENTS = "SELECT id FROM events WHERE id = ANY(%s)"
 _JSON = frozenset(column.name for column in tasks.c if isinstance(column.type, sa.JSON))
