@@ -4,8 +4,9 @@ Through SQLAlchemy's async layer every statement costs a greenlet, an execution
 context, and parameter and result processing: a worker's write of four results,
 four claims and eight events spent 5.5 ms of CPU that way against 4.0 ms here
 (``docs/performance.md``, fourth sitting). The new rows of a create, the events'
-insert, the claim, a worker's fenced result, the NOTIFYs, and the server's fold
-of transport workers' events (lock, look up, write back) are written here as
+insert, the claim, a worker's fenced result, the NOTIFYs, the server's fold
+of transport workers' events (lock, look up, write back) and the NATS
+scheduler's take (slot counts, then read and mark sent) are written here as
 PostgreSQL SQL and run on the driver connection of the same transaction, so
 they commit or roll back with everything else the write did. Transactions stay
 with SQLAlchemy, and so do SQLite and MariaDB, which run the Core statements;

@@ -90,13 +90,17 @@ class WorkBindings:
                     binding = self.bind(parts[2], flow)
                     binding.maybe_work = binding.maybe_work or info.state.messages > 0
 
+    def of(self, flows: tuple[str, ...]) -> list[Binding]:
+        """Every binding of ``flows``, whether it may hold work or not."""
+        wanted = {token(flow) for flow in flows}
+        return [b for (_, flow), b in self._bindings.items() if flow in wanted]
+
     async def candidates(self, flows: tuple[str, ...]) -> list[Binding]:
         """The bindings of ``flows`` that may hold work, starting one further each call."""
         stale = time.monotonic() - self._discovered_at > self.discover_every
         if self.identity.owner is None and stale:
             await self.discover()
-        wanted = {token(flow) for flow in flows}  # a batch top-up asks for one flow
-        bindings = [b for (_, flow), b in self._bindings.items() if b.maybe_work and flow in wanted]
+        bindings = [b for b in self.of(flows) if b.maybe_work]  # a batch top-up: one flow
         if bindings:
             start = next(self._rotation) % len(bindings)
             bindings = bindings[start:] + bindings[:start]

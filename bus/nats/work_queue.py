@@ -13,7 +13,9 @@
   worker that dies before that is redelivered after the ack wait, up to
   MaxDeliver times.
 - release (graceful stop): ``task.requeued`` then ``-NAK`` for prompt redelivery.
-- wait_for_work: a wake-up the relay sends after storing work, or the poll interval.
+- wait_for_work: pull requests left open for the free slots (JetStream hands work
+  over the moment it is stored), a wake-up the relay sends after storing work, or
+  the poll interval.
 
 Cancellation arrives twice: as the ``task.cancel_requested`` event itself (core
 NATS, immediate) and in every heartbeat's answer (from the database, so a
@@ -119,6 +121,7 @@ class NatsWorkQueue:
         self._held: dict[uuid.UUID, _Held] = {}
         self._cancels = _Cancels()
         self._wake = asyncio.Event()
+        self._idle: tuple[tuple[str, ...], int] | None = None  # the last claim found nothing
         self._keeper: asyncio.Task[None] | None = None
         self.on_cancel: CancelHook | None = None
         self._subscribe()
@@ -167,18 +170,8 @@ class NatsWorkQueue:
         if limit <= 0 or not worker.flows:
             return []
         self._wake.clear()
-        fetched: list[Msg] = []
-        try:
-            for binding in await self.bindings.candidates(worker.flows):
-                want = limit - len(fetched)
-                if want <= 0:
-                    break
-                msgs = await binding.puller.pull(want)
-                binding.maybe_work = len(msgs) >= want
-                fetched += msgs
-        except Unavailable:
-            if not fetched:
-                raise
+        fetched = await self._fetch(worker.flows, limit)
+        self._idle = None if fetched else (worker.flows, limit)
         for extra in fetched[limit:]:  # late deliveries on top of what we asked: give back
             with best_effort():
                 await extra.nak()
@@ -191,6 +184,29 @@ class NatsWorkQueue:
         if failures and not claimed:
             raise failures[0]
         return claimed
+
+    async def _fetch(self, flows: tuple[str, ...], limit: int) -> list[Msg]:
+        """Up to ``limit`` messages: those delivered while listening, then pulls.
+
+        What the open requests of an idle wait may still deliver counts against
+        ``limit``, so that work never waits in this process for a free slot."""
+        bound = self.bindings.of(flows)
+        fetched: list[Msg] = []
+        room = limit - sum(b.puller.outstanding() for b in bound)
+        for binding in bound:
+            fetched += binding.puller.take_delivered()
+        try:
+            for binding in await self.bindings.candidates(flows):
+                want = room - len(fetched)
+                if want <= 0:
+                    break
+                msgs = await binding.puller.pull(want)
+                binding.maybe_work = len(msgs) >= want
+                fetched += msgs
+        except Unavailable:
+            if not fetched:
+                raise
+        return fetched
 
     async def _accept(self, msg: Msg, worker: WorkerIdentity) -> Task | None:
         try:
@@ -234,9 +250,37 @@ class NatsWorkQueue:
         return task
 
     async def wait_for_work(self, max_wait: float) -> None:
+        """Until a wake-up, or work delivered to a request left open on the consumers.
+
+        After a claim that found nothing, the free slots are shared out as open pull
+        requests over the worker's consumers (when there are no more consumers than
+        slots): JetStream hands new work to the longest-waiting request the moment it
+        is stored. The wake-ups still end the wait (new owners, redeliveries)."""
+        waits: list[asyncio.Future[bool]] = [asyncio.ensure_future(self._wake.wait())]
+        if self._idle is not None:
+            flows, limit = self._idle
+            bound = self.bindings.of(flows)
+            if 0 < len(bound) <= limit:
+                shares = [limit // len(bound) + (i < limit % len(bound)) for i in range(len(bound))]
+                waits += [
+                    asyncio.ensure_future(b.puller.listen(n, max_wait))
+                    for b, n in zip(bound, shares, strict=True)
+                ]
+        woken = False
+        deadline = time.monotonic() + max_wait
+        pending = set(waits)
         try:
-            await asyncio.wait_for(self._wake.wait(), max_wait)
-        except TimeoutError:
+            while pending and not woken:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=left, return_when=FIRST)
+                # a listen that ended empty (or failed: the next claim says why) waits on
+                woken = any(_woke(finished) for finished in done)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if not woken:
             self.bindings.sweep()
 
     async def heartbeat(
@@ -393,3 +437,11 @@ class NatsWorkQueue:
     @property
     def held(self) -> int:
         return len(self._held)
+
+
+FIRST = asyncio.FIRST_COMPLETED
+
+
+def _woke(finished: asyncio.Future[Any]) -> bool:
+    """The wake-up fired, or a listen saw work delivered (a failed listen did not)."""
+    return not finished.cancelled() and finished.exception() is None and bool(finished.result())
