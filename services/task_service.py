@@ -248,13 +248,16 @@ class TaskService:
                     if cancel_on_gone:
                         return await self._interrupted(task, caller)
                     return task
+                # one bound for the whole inner wait: other tasks' events, however many,
+                # must not keep ``gone`` from being asked again within ``poll``
                 with contextlib.suppress(TimeoutError):
-                    while True:
-                        event = await asyncio.wait_for(queue.get(), min(remaining, poll))
-                        if event is None:
-                            return await self.get(task_id, caller)  # the server is stopping
-                        if event.task_id == task_id:
-                            break
+                    async with asyncio.timeout(min(remaining, poll)):
+                        while True:
+                            event = await queue.get()
+                            if event is None:
+                                return await self.get(task_id, caller)  # the server is stopping
+                            if event.task_id == task_id:
+                                break
                 task = await self.get(task_id, caller)
         return task
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import types
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -120,3 +125,43 @@ async def test_a_batch_is_all_or_nothing(service: TaskService) -> None:
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+class _Flood:
+    """An event source whose subscription never falls quiet: other tasks' events every 20 ms."""
+
+    @contextlib.asynccontextmanager
+    async def subscription(self) -> AsyncIterator[asyncio.Queue[Any]]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def flood() -> None:
+            while True:
+                queue.put_nowait(types.SimpleNamespace(task_id=uuid.uuid4()))
+                await asyncio.sleep(0.02)
+
+        feeder = asyncio.create_task(flood())
+        try:
+            yield queue
+        finally:
+            feeder.cancel()
+
+
+async def test_a_waiting_client_that_left_is_noticed_whatever_else_happens(
+    service: TaskService,
+) -> None:
+    """Other tasks' events keep coming faster than the poll: the client's leaving is still
+    asked about every ``poll`` seconds, and its task cancelled."""
+    task = await service.create(sleep())
+    asked: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def gone() -> bool:
+        asked.append(loop.time())
+        return len(asked) > 1  # there at the first question, gone at the second
+
+    started = loop.time()
+    final = await asyncio.wait_for(
+        service.wait(task.id, ALICE, 30, _Flood(), gone=gone, cancel_on_gone=True, poll=0.2), 5
+    )
+    assert final.state is TaskState.cancelled
+    assert loop.time() - started < 2
