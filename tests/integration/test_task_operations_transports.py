@@ -307,7 +307,15 @@ def test_cli_run_wait_cancel_on_exit(stack: Stack) -> None:
     assert quick.returncode == 0, quick.stderr
     argv = [*flowyard_command(), "run", "debug.sleep", "-p", "seconds=30"]
     argv += ["--wait", "--cancel-on-exit", "--server", str(stack.client.base_url)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it: a job started in the background (a CI runner's
+    # `cmd &`) hands its children SIGINT ignored, which Python then keeps ignoring
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 30
         newest: dict[str, Any] = {}
