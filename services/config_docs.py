@@ -99,6 +99,12 @@ sign in with `--token`/`FLOWYARD_TOKEN`, or `--user`/`FLOWYARD_USER` with
 `FLOWYARD_PASSWORD` (or a prompt), or the token `flowyard login` stored in
 `$XDG_CONFIG_HOME/flowyard/credentials.json` (mode 0600).
 
+Every command runs on uvloop's event loop, which is installed with flowyard
+(except on Windows), and on asyncio's own loop where uvloop is missing.
+`FLOWYARD_EVENT_LOOP=asyncio` keeps asyncio's loop anyway (`uvloop` insists, `auto`
+is the default). It is read from the environment only, because the loop starts
+before any settings are read. The two loops compare in `docs/performance.md`.
+
 Example file:
 
 ```yaml

@@ -1,9 +1,10 @@
 """One event loop per command: ``@async_command`` makes an async function a typer command.
 
-A command's whole body runs in one ``asyncio.run``, so it opens one client and
-keeps it for every request it makes. Ctrl-C arrives inside as the cancellation of
-the command (``asyncio.CancelledError`` at the ``await`` it was waiting on): a
-command that must clean up (cancel a task, say where it stopped) catches that.
+A command's whole body runs in one ``event_loop.run`` (``asyncio.run``, on uvloop
+where installed), so it opens one client and keeps it for every request it makes.
+Ctrl-C arrives inside as the cancellation of the command (``asyncio.CancelledError``
+at the ``await`` it was waiting on): a command that must clean up (cancel a task,
+say where it stopped) catches that.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+from flowyard.services import event_loop
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 Interrupted = asyncio.CancelledError
-"""What Ctrl-C raises inside an ``async_command`` (``asyncio.run`` cancels its task)."""
+"""What Ctrl-C raises inside an ``async_command`` (the runner cancels its task)."""
 
 
 def async_command(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
@@ -25,7 +28,7 @@ def async_command(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
 
     @functools.wraps(fn)
     def command(*args: P.args, **kwargs: P.kwargs) -> T:
-        return asyncio.run(fn(*args, **kwargs))
+        return event_loop.run(fn(*args, **kwargs))
 
     return command
 

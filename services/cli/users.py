@@ -8,7 +8,6 @@ end up in shell history and ``ps``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from flowyard.adapters.sql.user_store import SqlUserStore
 from flowyard.core.errors import InvalidInput, UserExists, UserNotFound
 from flowyard.core.events import utcnow
 from flowyard.core.identity import ApiToken, Role, User, check_user_name
+from flowyard.services import event_loop
 from flowyard.services.cli.output import console, err_console, print_json_line, short_time
 from flowyard.services.config import load_settings
 
@@ -77,7 +77,7 @@ def _with_store(
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    return event_loop.run(run())
 
 
 def _read_password(from_stdin: bool, prompt: str = "Password") -> str:

@@ -11,7 +11,6 @@ as on ``flowyard serve``: ``--nats``, ``--nats-user``, ``--nats-password``,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ import typer
 
 from flowyard.core.errors import ConfigError
 from flowyard.core.identity import TOKEN_PREFIX, token_id_of
+from flowyard.services import event_loop
 from flowyard.services.cli.options import ConfigOption, NatsCredsOption, NatsUserOption, SetOption
 from flowyard.services.config import load_settings
 from flowyard.services.logs import configure_logging
@@ -221,7 +221,7 @@ def worker_command(
         from flowyard.services.composition.nats_worker import run_nats_worker
 
         configure_logging(settings.log_level, settings.log_format, settings.log_file)
-        asyncio.run(
+        event_loop.run(
             run_nats_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
         )
         return
@@ -235,7 +235,7 @@ def worker_command(
     configure_logging(settings.log_level, settings.log_format, settings.log_file)
     # the schema check would log alembic's banner before every start, or before its one error
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
-    asyncio.run(
+    event_loop.run(
         run_db_worker(settings, name=name, flows=wanted, concurrency=concurrency, owner=owner)
     )
 
