@@ -53,6 +53,11 @@ def test_the_runner_cancels_main_on_ctrl_c_as_asyncio_run_does(
             seen.append("cancelled")
             raise
 
-    with pytest.raises(KeyboardInterrupt):
-        event_loop.run(body())
+    # as from a terminal: a background job (CI started with '&') inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            event_loop.run(body())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert seen == ["cancelled"]
