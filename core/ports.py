@@ -103,6 +103,9 @@ class AttemptFiles:
     """``outputs`` and ``scratch`` exist and hold only this attempt's files. The flow's
     context makes them on first use, in the flow's thread: a flow that writes no file
     costs no folder and no trip to a thread (``services/run_context.py``)."""
+    private: Path | None = None
+    """A folder made with mode 0700, and only when first used, before ``outputs`` and
+    ``scratch`` inside it (a NATS worker's temp folder: no other user may read it)."""
 
 
 @dataclass

@@ -57,6 +57,8 @@ class RunContext:
         files = self._files
         with self._lock:
             if not files.made:
+                if files.private is not None and not files.private.is_dir():
+                    files.private.mkdir(mode=0o700, parents=True)
                 for folder in (files.outputs, files.scratch):
                     shutil.rmtree(folder, ignore_errors=True)  # an earlier run of this attempt
                     folder.mkdir(parents=True)

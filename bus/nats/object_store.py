@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -110,16 +111,18 @@ class NatsTaskFiles:
         self._open: dict[Path, Task] = {}
 
     async def open_attempt(self, task: Task) -> AttemptFiles:
-        # one private folder on local disk, made here (a trip to a thread costs more);
-        # outputs/ and scratch/ come on the flow's first use (``AttemptFiles.made``)
-        root = Path(
-            tempfile.mkdtemp(prefix=f"flowyard-{task.id}-{task.attempt}-", dir=self.temp_root)
-        )
+        # one private folder on local disk (mode 0700, a name no one can guess), made
+        # only when used: for the inputs here, else with outputs/ and scratch/ on the
+        # flow's first use (``AttemptFiles.made``); a flow that writes nothing makes none
+        base = self.temp_root or Path(tempfile.gettempdir())
+        root = base / f"flowyard-{task.id}-{task.attempt}-{secrets.token_hex(8)}"
         self._open[root] = task
-        files = AttemptFiles(inputs={}, outputs=root / "outputs", scratch=root / "scratch")
+        files = AttemptFiles(
+            inputs={}, outputs=root / "outputs", scratch=root / "scratch", private=root
+        )
         try:
             if task.inputs:
-                await asyncio.to_thread((root / "inputs").mkdir)
+                await asyncio.to_thread(_private_inputs, root)
             for ref in task.inputs:
                 path = root / "inputs" / safe_file_name(ref.name)
                 await self._retrying(functools.partial(self._download, task, ref, path), task)
@@ -179,9 +182,7 @@ class NatsTaskFiles:
         task = self._open.pop(root, None)
         if files.made or task is None or task.inputs:
             await asyncio.to_thread(shutil.rmtree, root, True)
-        else:
-            with contextlib.suppress(OSError):
-                os.rmdir(root)  # empty: one call, no thread
+        # else the folder was never made: nothing to remove, no trip to a thread
 
     async def _retrying(self, call: Callable[[], Awaitable[None]], task: Task) -> None:
         """Ride out a short NATS outage; then give the attempt back for another worker."""
@@ -285,3 +286,9 @@ class NatsFileTransfer:
             for path in paths:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await store.delete(object_name(task_id, path))
+
+
+def _private_inputs(root: Path) -> None:
+    """The attempt's folder (mode 0700; one already there is refused) and its inputs/."""
+    root.mkdir(mode=0o700, parents=True)
+    (root / "inputs").mkdir()

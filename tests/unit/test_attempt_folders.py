@@ -10,10 +10,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from flowyard.adapters.files.local import LocalTaskFiles
+from flowyard.bus.nats.object_store import NatsTaskFiles
 from flowyard.core.errors import FlowFailed
 from flowyard.core.task import Task, TaskState
 from flowyard.services.run_context import RunContext
@@ -76,3 +78,32 @@ async def test_a_missing_task_folder_fails_before_the_flow_runs(tmp_path: Path) 
     files = LocalTaskFiles(tmp_path / "elsewhere")
     with pytest.raises(FlowFailed, match="missing on this worker"):
         await files.open_attempt(_task(tmp_path))
+
+
+async def test_a_nats_workers_folder_is_made_private_and_only_when_used(tmp_path: Path) -> None:
+    """On a NATS worker's own disk: nothing made for a flow that writes nothing; a flow's
+    first scratch file makes the attempt's folder, mode 0700, removed at the end."""
+    files = NatsTaskFiles(cast(Any, None), tmp_path)  # no inputs, no outputs: no bucket used
+    quiet, busy = _task(tmp_path), _task(tmp_path)
+    before = _entries(tmp_path)
+
+    attempt = await files.open_attempt(quiet)
+    RunContext(attempt, "cpu").progress(1.0)
+    assert _entries(tmp_path) == before
+    assert await files.close_attempt(quiet, attempt) == ()
+
+    attempt = await files.open_attempt(busy)
+    assert attempt.private is not None
+    assert not attempt.private.exists()
+    (RunContext(attempt, "cpu").scratch / "tmp.bin").write_bytes(b"x")
+    assert _mode(attempt.private) == 0o700
+    assert await files.close_attempt(busy, attempt) == ()
+    assert _entries(tmp_path) == before
+
+
+def _entries(folder: Path) -> set[Path]:
+    return set(folder.iterdir())
+
+
+def _mode(folder: Path) -> int:
+    return folder.stat().st_mode & 0o777
