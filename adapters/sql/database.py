@@ -44,6 +44,16 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = dialect_name(engine)
+        # PostgreSQL reads run in autocommit: at READ COMMITTED each statement takes its
+        # own snapshot inside a transaction too, so a read transaction only added a BEGIN
+        # and a ROLLBACK round trip, and psycopg empties its prepared-statement cache on
+        # every ROLLBACK (one more round trip, DEALLOCATE ALL, and every hot statement
+        # parsed and planned again on that connection).
+        self._reads = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else engine
+        )
         # SQLite has one writer: serialise writers here instead of failing with "locked".
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._listeners: list[CommitListener] = []
@@ -73,7 +83,7 @@ class Database:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         with self._translated():
-            async with self.engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 yield conn
 
     def _translated(self) -> contextlib.AbstractContextManager[None]:

@@ -13,7 +13,7 @@ yet is reported back so the subscriber can look again later.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
@@ -24,20 +24,28 @@ from flowyard.core.events import parse_event
 
 
 class SqlDeliveryIntake:
-    def __init__(self, db: Database, recorder: DeliveryRecorder) -> None:
+    """``on_rows`` is called after a commit that made delivery rows (wake the sender)."""
+
+    def __init__(
+        self, db: Database, recorder: DeliveryRecorder, on_rows: Callable[[], None] = lambda: None
+    ) -> None:
         self.db = db
         self.recorder = recorder
+        self.on_rows = on_rows
 
     async def take(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Make the delivery rows of the events the log holds; return the ids it holds.
 
         With no subscription at all there is nothing to make or to wait for: every id
-        counts as taken (a subscription made later receives the events after it, as
-        the in-transaction hook would give it).
+        counts as taken, and no transaction is opened while the recorder's cached list
+        is fresh and empty. A subscription reaches this intake as it reaches the
+        in-transaction hook: at once when made in this process (the API invalidates
+        the shared recorder), within the cache's 3 s from another process.
         """
         if not event_ids:
             return set()
-        self.recorder.invalidate()  # one read per batch: a subscription made just now counts
+        if self.recorder.knows_none():
+            return set(event_ids)
         async with self.db.write() as tx:
             if not await self.recorder.subscriptions(tx.conn):
                 return set(event_ids)
@@ -45,5 +53,7 @@ class SqlDeliveryIntake:
                 sa.select(events.c.body).where(events.c.id.in_(list(event_ids)))
             )
             recorded = [parse_event(body) for body in bodies]
-            await self.recorder(tx, recorded)
+            made = await self.recorder.record(tx, recorded)
+        if made:
+            self.on_rows()
         return {event.id for event in recorded}

@@ -58,6 +58,10 @@ class DeliveryRecorder:
         subs = self._cached or ()
         return any(sub.wants(event) for event in events for sub in subs)
 
+    def knows_none(self) -> bool:
+        """Whether the cached list is fresh and empty: nothing to make, no need to ask."""
+        return self._cached == () and time.monotonic() - self._loaded_at <= self._ttl
+
     async def subscriptions(self, conn: AsyncConnection) -> tuple[Subscription, ...]:
         if self._cached is None or time.monotonic() - self._loaded_at > self._ttl:
             rows = (await conn.execute(sa.select(webhooks).where(webhooks.c.enabled))).all()
@@ -66,9 +70,13 @@ class DeliveryRecorder:
         return self._cached
 
     async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
+        await self.record(tx, batch)
+
+    async def record(self, tx: Tx, batch: Sequence[Event]) -> int:
+        """Write the delivery rows of ``batch``; return how many were wanted."""
         subs = await self.subscriptions(tx.conn)
         if not subs:
-            return
+            return 0
         now = utcnow()
         rows: list[dict[str, Any]] = []
         for event in batch:
@@ -78,3 +86,4 @@ class DeliveryRecorder:
                 rows.extend(delivery_values(sub.id, event, body, now) for sub in wanting)
         if rows:
             await tx.conn.execute(self._insert, rows)
+        return len(rows)

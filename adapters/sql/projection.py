@@ -251,12 +251,14 @@ async def _register_claimers(
     if not claims:
         return
     ids = sorted(claims)
-    query = sa.select(workers.c.id).where(workers.c.id.in_(ids))
-    known = set((await tx.conn.execute(query)).scalars())
-    if known:
-        await tx.conn.execute(
-            sa.update(workers).where(workers.c.id.in_(sorted(known))).values(last_seen_at=now)
-        )
+    seen = sa.update(workers).where(workers.c.id.in_(ids)).values(last_seen_at=now)
+    if tx.conn.dialect.update_returning:  # one round trip: mark them and learn which exist
+        known = set((await tx.conn.execute(seen.returning(workers.c.id))).scalars())
+    else:
+        query = sa.select(workers.c.id).where(workers.c.id.in_(ids))
+        known = set((await tx.conn.execute(query)).scalars())
+        if known:
+            await tx.conn.execute(seen)
     for worker_id in ids:
         if worker_id in known:
             continue

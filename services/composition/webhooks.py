@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flowyard.adapters.sql.database import Database
@@ -27,15 +25,7 @@ log = logging.getLogger(__name__)
 
 def webhook_intake(db: Database, recorder: DeliveryRecorder, dispatcher: WebhookDispatcher) -> Take:
     """What the event stream's webhook subscriber calls: rows from the record, then send."""
-    intake = SqlDeliveryIntake(db, recorder)
-
-    async def take(event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        taken = await intake.take(event_ids)
-        if taken:
-            dispatcher.wake()
-        return taken
-
-    return take
+    return SqlDeliveryIntake(db, recorder, on_rows=dispatcher.wake).take
 
 
 async def run_webhook_dispatcher(settings: Settings) -> None:
