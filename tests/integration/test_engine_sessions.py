@@ -110,3 +110,35 @@ async def test_a_session_frozen_inside_a_write_is_ended_and_its_task_reaped(
         await frozen.invalidate()
     finally:
         await db.close()
+
+
+async def test_postgresql_reads_open_no_transaction_and_keep_prepared_statements(
+    pg_uri: str,
+) -> None:
+    """A read is autocommit: no BEGIN and no ROLLBACK round trip, and psycopg's cache of
+    prepared statements, which every ROLLBACK empties, survives it."""
+    db = Database(make_engine(pg_uri, pool_size=1))
+    await upgrade(db.engine)
+    statement = sa.select(sa.func.count()).select_from(tasks)
+    try:
+        async with db.read() as conn:
+            first = (await conn.execute(sa.text("SELECT now()"))).scalar()
+            await asyncio.sleep(0.01)
+            second = (await conn.execute(sa.text("SELECT now()"))).scalar()
+            assert first != second  # each statement was its own transaction
+            for _ in range(6):  # psycopg prepares a statement from its fifth use
+                await conn.execute(statement)
+            raw = await conn.get_raw_connection()
+            pg = raw.driver_connection
+            assert pg is not None
+            prepared = dict(pg._prepared._names)
+        assert prepared
+        async with db.read() as conn:
+            await conn.execute(statement)
+        async with db.write() as tx:  # a write still is one transaction
+            first = (await tx.conn.execute(sa.text("SELECT now()"))).scalar()
+            await asyncio.sleep(0.01)
+            assert (await tx.conn.execute(sa.text("SELECT now()"))).scalar() == first
+        assert dict(pg._prepared._names).keys() >= prepared.keys()
+    finally:
+        await db.close()

@@ -21,6 +21,7 @@ from alembic import command
 from alembic.config import Config
 
 from flowyard.adapters.sql.database import Database
+from flowyard.adapters.sql.delivery_intake import SqlDeliveryIntake
 from flowyard.adapters.sql.delivery_recorder import DeliveryRecorder
 from flowyard.adapters.sql.engine import MIGRATIONS, make_engine, upgrade
 from flowyard.adapters.sql.schema import webhook_deliveries
@@ -90,6 +91,44 @@ def finished_task(flow: str = "debug.sleep") -> list[TaskCreated | TaskClaimed |
         TaskClaimed(task_id=task_id, flow=flow, attempt=1, worker_id="w", lease_expires_at=now),
         TaskDone(task_id=task_id, flow=flow, attempt=1, status="succeeded"),
     ]
+
+
+async def test_the_event_stream_intake_makes_rows_only_for_subscriptions(db_uri: str) -> None:
+    """The NATS path: no in-transaction hook; the intake makes rows from the log. While
+    no subscription exists it opens no transaction at all, and one made through the
+    API (the same recorder) counts from the next batch."""
+    engine = make_engine(db_uri, pool_size=4)
+    await upgrade(engine)
+    db = Database(engine)
+    recorder = DeliveryRecorder(db.dialect)
+    service = WebhookService(SqlWebhookStore(db), recorder, settings())
+    woken: list[int] = []
+    intake = SqlDeliveryIntake(db, recorder, on_rows=lambda: woken.append(1))
+    begun: list[object] = []
+    sa.event.listen(engine.sync_engine, "begin", begun.append)
+    store = SqlTaskStore(db)
+    try:
+        first = finished_task()
+        for event in first:
+            await store.record(event)
+        ids = [event.id for event in first]
+        assert await intake.take(ids) == set(ids)  # reads the (empty) list once
+        begun.clear()
+        assert await intake.take(ids) == set(ids)
+        assert begun == [] and woken == []
+
+        sub = await service.create(NewWebhook("http://127.0.0.1:9/a", ["task.done"]), ADMIN)
+        second = finished_task()
+        for event in second:
+            await store.record(event)
+        unknown = uuid.uuid4()  # not in the log (yet): not taken, offered again later
+        taken = await intake.take([*(event.id for event in second), unknown])
+        assert taken == {event.id for event in second}
+        assert woken == [1]
+        rows = await service.deliveries(sub.id, ADMIN, limit=100)
+        assert [d.event_id for d, _ in rows] == [second[-1].id]  # task.done only
+    finally:
+        await db.close()
 
 
 async def test_migration_round_trip(db_uri: str) -> None:
