@@ -115,7 +115,8 @@ async def test_the_event_stream_intake_makes_rows_only_for_subscriptions(db_uri:
         assert await intake.take(ids) == set(ids)  # reads the (empty) list once
         begun.clear()
         assert await intake.take(ids) == set(ids)
-        assert begun == [] and woken == []
+        assert begun == []
+        assert woken == []
 
         sub = await service.create(NewWebhook("http://127.0.0.1:9/a", ["task.done"]), ADMIN)
         second = finished_task()
