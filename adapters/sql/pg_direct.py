@@ -24,7 +24,7 @@ import contextlib
 import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -94,17 +94,41 @@ async def driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
     return cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
 
 
-@contextlib.asynccontextmanager
-async def _cursor(
-    pg: psycopg.AsyncConnection[Any], statement: str
-) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+@contextlib.contextmanager
+def _as_sqlalchemy_errors(pg: psycopg.AsyncConnection[Any], statement: str) -> Iterator[None]:
     try:
-        async with pg.cursor(row_factory=dict_row) as cur:
-            yield cur
+        yield
     except psycopg.Error as exc:
         raise DBAPIError.instance(
             statement, None, exc, psycopg.Error, connection_invalidated=pg.broken or pg.closed
         ) from exc
+
+
+@contextlib.asynccontextmanager
+async def _cursor(
+    pg: psycopg.AsyncConnection[Any], statement: str
+) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+    with _as_sqlalchemy_errors(pg, statement):
+        async with pg.cursor(row_factory=dict_row) as cur:
+            yield cur
+
+
+@contextlib.asynccontextmanager
+async def pipelined(pg: psycopg.AsyncConnection[Any] | None) -> AsyncIterator[None]:
+    """The statements sent inside go out together; the first fetch or the end reads them.
+
+    Each round trip wakes PostgreSQL's process and then this one, which on this kind of
+    host costs more CPU than the statements themselves (``docs/performance.md``). The
+    transaction's BEGIN, when it is still to come, is queued with the first statement.
+    A failed statement aborts those queued after it, and its error is raised at the
+    read or at the end, as SQLAlchemy's. None (another database): nothing changes.
+    """
+    if pg is None:
+        yield
+        return
+    with _as_sqlalchemy_errors(pg, "pipeline"):
+        async with pg.pipeline():
+            yield
 
 
 async def finish_held(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> int:
@@ -141,21 +165,36 @@ async def insert_tasks(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str
         await cur.executemany(statement, [_json_columns(row) for row in rows])
 
 
-async def lock_tasks(
-    pg: psycopg.AsyncConnection[Any], task_ids: Collection[uuid.UUID]
-) -> list[dict[str, Any]]:
-    """The tasks' rows as column dicts, row-locked in id order (``projection.py``)."""
-    async with _cursor(pg, _LOCK_TASKS) as cur:
-        await cur.execute(_LOCK_TASKS, [sorted(task_ids)])
-        return [_in_utc(row) for row in await cur.fetchall()]
+async def lock_tasks_and_known_events(
+    pg: psycopg.AsyncConnection[Any],
+    task_ids: Collection[uuid.UUID],
+    event_ids: Sequence[uuid.UUID],
+) -> tuple[list[dict[str, Any]], set[uuid.UUID]]:
+    """The tasks' rows, row-locked in id order, and which of ``event_ids`` the log holds:
+    one round trip, with the transaction's BEGIN (``projection.py``'s first step)."""
+    async with (
+        pipelined(pg),
+        _cursor(pg, _LOCK_TASKS) as locked,
+        _cursor(pg, _KNOWN_EVENTS) as known,
+    ):
+        await locked.execute(_LOCK_TASKS, [sorted(task_ids)])
+        await known.execute(_KNOWN_EVENTS, [list(event_ids)])
+        rows = [_in_utc(row) for row in await locked.fetchall()]
+        return rows, {row["id"] for row in await known.fetchall()}
 
 
-async def known_events(
-    pg: psycopg.AsyncConnection[Any], event_ids: Sequence[uuid.UUID]
-) -> set[uuid.UUID]:
-    """Which of ``event_ids`` the log already holds."""
-    async with _cursor(pg, _KNOWN_EVENTS) as cur:
-        await cur.execute(_KNOWN_EVENTS, [list(event_ids)])
+async def forget_work_sent(pg: psycopg.AsyncConnection[Any], task_ids: Sequence[uuid.UUID]) -> None:
+    """``task_store.forget_work_sent``: these tasks need a new work message."""
+    async with _cursor(pg, _FORGET_WORK_SENT) as cur:
+        await cur.execute(_FORGET_WORK_SENT, [list(task_ids)])
+
+
+async def mark_workers_seen(
+    pg: psycopg.AsyncConnection[Any], worker_ids: Sequence[str], now: datetime
+) -> set[str]:
+    """Mark the listed ones of ``worker_ids`` seen at ``now``; return which are listed."""
+    async with _cursor(pg, _MARK_WORKERS_SEEN) as cur:
+        await cur.execute(_MARK_WORKERS_SEEN, [now, list(worker_ids)])
         return {row["id"] for row in await cur.fetchall()}
 
 
@@ -236,6 +275,8 @@ _TAKE_UNSENT_OF_PAIR = _TAKE.format(
 )
 _LOCK_TASKS = "SELECT * FROM tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 _KNOWN_EVENTS = "SELECT id FROM events WHERE id = ANY(%s)"
+_FORGET_WORK_SENT = "UPDATE tasks SET work_sent_at = NULL WHERE id = ANY(%s)"
+_MARK_WORKERS_SEEN = "UPDATE workers SET last_seen_at = %s WHERE id = ANY(%s) RETURNING id"
 _JSON = frozenset(column.name for column in tasks.c if isinstance(column.type, sa.JSON))
 
 

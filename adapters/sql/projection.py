@@ -36,10 +36,11 @@ from flowyard.adapters.sql.dispatch_records import DispatchRecords
 from flowyard.adapters.sql.rows import task_from_row, task_values
 from flowyard.adapters.sql.schema import events, tasks, workers
 from flowyard.adapters.sql.task_store import (
-    append_events,
     forget_work_sent,
     load_for_update,
     needs_new_work,
+    run_hooks,
+    store_events,
 )
 from flowyard.adapters.sql.transport_recovery import TransportRecovery, lease_keeper
 from flowyard.core.errors import Conflict
@@ -93,9 +94,13 @@ class SqlProjection(TransportRecovery, DispatchRecords):
             return outcomes
 
     async def _record(self, tx: Tx, items: Sequence[WorkerEvent], now: datetime) -> list[Outcome]:
-        current = await _lock_tasks(tx, {item.event.task_id for item in items})
+        """Three round trips on PostgreSQL whatever the batch's size: BEGIN with the reads,
+        the writes pipelined, COMMIT."""
+        pg = await pg_direct.connection(tx)
+        current, seen = await _lock_tasks_and_known_events(
+            tx, {item.event.task_id for item in items}, [item.event.id for item in items]
+        )
         before = dict(current)
-        seen = await _known_events(tx, [item.event.id for item in items])
         log_rows: list[tuple[Event, bool]] = []  # (event, came from the bus), in order
         outcomes = []
         claimers: dict[str, TaskClaimed] = {}
@@ -109,13 +114,18 @@ class SqlProjection(TransportRecovery, DispatchRecords):
                 if isinstance(item.event, TaskClaimed):
                     claimers.setdefault(item.event.worker_id, item.event)
         changed = [task for task_id, task in current.items() if task is not before[task_id]]
-        await _write_tasks(tx, changed, self.kept)
-        # one insert per run of rows with the same relayed_at, in order: the log keeps
-        # each task's order (a derived requeue sits between the claims it separates)
-        for from_bus, run in itertools.groupby(log_rows, key=lambda row: row[1]):
-            await append_events(tx, [e for e, _ in run], relayed_at=now if from_bus else None)
-        await forget_work_sent(tx, [e.task_id for e, _ in log_rows if needs_new_work(e)])
-        await _register_claimers(tx, claimers, now, self.kept)
+        claims = _claims_to_register(claimers, self.kept)
+        async with pg_direct.pipelined(pg):
+            await _write_tasks(tx, changed, self.kept)
+            # one insert per run of rows with the same relayed_at, in order: the log keeps
+            # each task's order (a derived requeue sits between the claims it separates)
+            for from_bus, run in itertools.groupby(log_rows, key=lambda row: row[1]):
+                await store_events(tx, [e for e, _ in run], relayed_at=now if from_bus else None)
+            await forget_work_sent(tx, [e.task_id for e, _ in log_rows if needs_new_work(e)])
+            listed = await _mark_workers_seen(tx, sorted(claims), now)
+        if log_rows:
+            await run_hooks(tx, [e for e, _ in log_rows])
+        await _list_new_workers(tx, claims, listed, now, self.kept)
         return outcomes
 
     def _fold(
@@ -199,24 +209,20 @@ class SqlProjection(TransportRecovery, DispatchRecords):
             return LeaseAnswer(cancel=cancel)
 
 
-async def _lock_tasks(tx: Tx, task_ids: set[uuid.UUID]) -> dict[uuid.UUID, Task]:
-    """The tasks, row-locked in id order (two batches never wait on each other in a cycle)."""
+async def _lock_tasks_and_known_events(
+    tx: Tx, task_ids: set[uuid.UUID], event_ids: list[uuid.UUID]
+) -> tuple[dict[uuid.UUID, Task], set[uuid.UUID]]:
+    """The tasks, row-locked in id order (two batches never wait on each other in a cycle),
+    and the ids among ``event_ids`` that the log already holds."""
     pg = await pg_direct.connection(tx)
     if pg is not None:
-        return {
-            task.id: task for task in map(task_from_row, await pg_direct.lock_tasks(pg, task_ids))
-        }
+        rows, known = await pg_direct.lock_tasks_and_known_events(pg, task_ids, event_ids)
+        return {task.id: task for task in map(task_from_row, rows)}, known
     query = sa.select(tasks).where(tasks.c.id.in_(sorted(task_ids))).order_by(tasks.c.id)
-    rows = (await tx.conn.execute(query.with_for_update())).all()
-    return {row.id: task_from_row(row) for row in rows}
-
-
-async def _known_events(tx: Tx, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    pg = await pg_direct.connection(tx)
-    if pg is not None:
-        return await pg_direct.known_events(pg, event_ids)
-    query = sa.select(events.c.id).where(events.c.id.in_(event_ids))
-    return set((await tx.conn.execute(query)).scalars())
+    locked = (await tx.conn.execute(query.with_for_update())).all()
+    known_query = sa.select(events.c.id).where(events.c.id.in_(event_ids))
+    known = set((await tx.conn.execute(known_query)).scalars())
+    return {row.id: task_from_row(row) for row in locked}, known
 
 
 async def _write_tasks(tx: Tx, changed: list[Task], kept: KeptLeases) -> None:
@@ -235,8 +241,32 @@ async def _write_tasks(tx: Tx, changed: list[Task], kept: KeptLeases) -> None:
     await tx.conn.execute(statement, rows)
 
 
-async def _register_claimers(
-    tx: Tx, claims: dict[str, TaskClaimed], now: datetime, kept: KeptLeases
+def _claims_to_register(claims: dict[str, TaskClaimed], kept: KeptLeases) -> dict[str, TaskClaimed]:
+    """The transport workers among the claimers (not the stand-in of unreported claims)."""
+    return {
+        wid: c for wid, c in claims.items() if kept.is_worker(wid) and wid != kept.unreported_worker
+    }
+
+
+async def _mark_workers_seen(tx: Tx, worker_ids: list[str], now: datetime) -> set[str]:
+    """Mark the listed ones seen; return which are listed (one round trip where it can)."""
+    if not worker_ids:
+        return set()
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        return await pg_direct.mark_workers_seen(pg, worker_ids, now)
+    seen = sa.update(workers).where(workers.c.id.in_(worker_ids)).values(last_seen_at=now)
+    if tx.conn.dialect.update_returning:
+        return set((await tx.conn.execute(seen.returning(workers.c.id))).scalars())
+    query = sa.select(workers.c.id).where(workers.c.id.in_(worker_ids))
+    known = set((await tx.conn.execute(query)).scalars())
+    if known:
+        await tx.conn.execute(seen)
+    return known
+
+
+async def _list_new_workers(
+    tx: Tx, claims: dict[str, TaskClaimed], listed: set[str], now: datetime, kept: KeptLeases
 ) -> None:
     """List a transport worker from its first claim, in the claim's transaction.
 
@@ -245,22 +275,8 @@ async def _register_claimers(
     its next announcement. What a claim does not say (concurrency, other flows) is
     filled in by that announcement; a known worker is only marked seen.
     """
-    claims = {
-        wid: c for wid, c in claims.items() if kept.is_worker(wid) and wid != kept.unreported_worker
-    }
-    if not claims:
-        return
-    ids = sorted(claims)
-    seen = sa.update(workers).where(workers.c.id.in_(ids)).values(last_seen_at=now)
-    if tx.conn.dialect.update_returning:  # one round trip: mark them and learn which exist
-        known = set((await tx.conn.execute(seen.returning(workers.c.id))).scalars())
-    else:
-        query = sa.select(workers.c.id).where(workers.c.id.in_(ids))
-        known = set((await tx.conn.execute(query)).scalars())
-        if known:
-            await tx.conn.execute(seen)
-    for worker_id in ids:
-        if worker_id in known:
+    for worker_id in sorted(claims):
+        if worker_id in listed:
             continue
         claim = claims[worker_id]
         host, name = kept.host_and_name(worker_id)

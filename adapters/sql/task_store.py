@@ -283,10 +283,15 @@ def needs_new_work(event: Event) -> bool:
 
 
 async def forget_work_sent(tx: Tx, task_ids: Sequence[uuid.UUID]) -> None:
-    if task_ids:
-        await tx.conn.execute(
-            sa.update(tasks).where(tasks.c.id.in_(list(task_ids))).values(work_sent_at=None)
-        )
+    if not task_ids:
+        return
+    pg = await pg_direct.connection(tx)
+    if pg is not None:
+        await pg_direct.forget_work_sent(pg, task_ids)
+        return
+    await tx.conn.execute(
+        sa.update(tasks).where(tasks.c.id.in_(list(task_ids))).values(work_sent_at=None)
+    )
 
 
 async def write_task(tx: Tx, before: Task | None, after: Task) -> None:
@@ -306,8 +311,16 @@ async def append_events(
     tx: Tx, batch: Sequence[Event], *, relayed_at: datetime | None = None
 ) -> None:
     """Append to the log; ``relayed_at`` marks events that are already on the bus."""
-    if not batch:
-        return
+    if batch:
+        await store_events(tx, batch, relayed_at=relayed_at)
+        await run_hooks(tx, batch)
+
+
+async def store_events(
+    tx: Tx, batch: Sequence[Event], *, relayed_at: datetime | None = None
+) -> None:
+    """The log's rows of ``batch``, without the transaction's hooks (``run_hooks``): a
+    caller that pipelines its writes runs the hooks once, after them."""
     pg = await pg_direct.connection(tx)
     if pg is not None:
         await pg_direct.insert_events(pg, [event_values(e) for e in batch], relayed_at)
@@ -315,5 +328,9 @@ async def append_events(
         rows = [event_values(e) | {"relayed_at": relayed_at} for e in batch]
         await tx.conn.execute(sa.insert(events), rows)
     tx.events.extend(batch)
+
+
+async def run_hooks(tx: Tx, batch: Sequence[Event]) -> None:
+    """The transaction's in-transaction hooks for events just stored (delivery rows, NOTIFY)."""
     for hook in tx.hooks:
         await hook(tx, batch)
