@@ -36,7 +36,6 @@ from datetime import timedelta
 from typing import Any
 
 from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -124,38 +123,43 @@ class NatsWorkQueue:
         self._idle: tuple[tuple[str, ...], int] | None = None  # the last claim found nothing
         self._keeper: asyncio.Task[None] | None = None
         self.on_cancel: CancelHook | None = None
-        self._subscribe()
 
     # ------------------------------------------------------------------------ setup
 
-    def _subscribe(self) -> None:
-        """Core-NATS subscriptions, registered before the broker starts."""
-        owner = self.identity.owner
-        for flow in self.identity.flows:
-            self.broker.subscriber(
-                cancel_subject(owner, flow), title=f"cancel:{flow}", include_in_schema=False
-            )(self._on_cancel)
-            self.broker.subscriber(
-                wake_subject(owner_filter(owner), token(flow)),
-                title=f"wake:{flow}",
-                include_in_schema=False,
-            )(self._on_wake)
+    async def start(self, client: Client, js: JetStreamContext) -> None:
+        """Called once connected: listen for cancels and wake-ups, bind the consumers we
+        know of.
 
-    async def _on_cancel(self, event: TaskCancelRequested) -> None:
+        Cancels and wake-ups are core-NATS subscriptions of the client itself, not
+        FastStream subscribers: a wake-up comes after every round of the server's
+        scheduler, and FastStream's middleware, decoding and a trip to a thread for
+        each cost more CPU than the rest of its handling (py-spy on a worker). The
+        client subscribes again after a reconnection."""
+        owner = self.identity.owner
+        with nats_errors("subscribing to cancels and wake-ups"):
+            for flow in self.identity.flows:
+                await client.subscribe(cancel_subject(owner, flow), cb=self._on_cancel)
+                await client.subscribe(
+                    wake_subject(owner_filter(owner), token(flow)), cb=self._on_wake
+                )
+        self._keeper = asyncio.create_task(self._keep_alive(), name="nats-keepalive")
+        await self.bindings.start(client, js)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            event = TaskCancelRequested.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.warning("ignoring an undecodable cancel on %s: %s", msg.subject, exc)
+            return
         self._cancels.add(event.task_id)
         if event.task_id in self._held and self.on_cancel is not None:
             self.on_cancel(event.task_id)
 
-    async def _on_wake(self, message: NatsMessage) -> None:
-        pair = split_work_subject(message.raw_message.subject)
+    async def _on_wake(self, msg: Msg) -> None:
+        pair = split_work_subject(msg.subject)
         if pair is not None and self.bindings.started:
             self.bindings.bind(*pair).maybe_work = True
         self._wake.set()
-
-    async def start(self, client: Client, js: JetStreamContext) -> None:
-        """Called once connected: bind the consumers we know of."""
-        self._keeper = asyncio.create_task(self._keep_alive(), name="nats-keepalive")
-        await self.bindings.start(client, js)
 
     # ------------------------------------------------------------------------- port
 
