@@ -123,6 +123,8 @@ class NatsWorkQueue:
         self._idle: tuple[tuple[str, ...], int] | None = None  # the last claim found nothing
         self._keeper: asyncio.Task[None] | None = None
         self.on_cancel: CancelHook | None = None
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
 
     # ------------------------------------------------------------------------ setup
 
@@ -135,6 +137,7 @@ class NatsWorkQueue:
         scheduler, and FastStream's middleware, decoding and a trip to a thread for
         each cost more CPU than the rest of its handling (py-spy on a worker). The
         client subscribes again after a reconnection."""
+        self._client, self._js = client, js
         owner = self.identity.owner
         with nats_errors("subscribing to cancels and wake-ups"):
             for flow in self.identity.flows:
@@ -423,20 +426,21 @@ class NatsWorkQueue:
 
     async def _publish(self, event: Event, worker: WorkerIdentity, *, wait: bool = True) -> None:
         """On FLOWYARD_EVENTS; ``wait=False`` skips the PubAck (the stream still stores it,
-        in order with this connection's other events, deduplicated by id)."""
-        headers: dict[str, Any] = {
-            MSG_ID: str(event.id),
-            WORKER: worker.id,
-            "content-type": "application/json",
-        }
+        in order with this connection's other events, deduplicated by id).
+
+        Straight through nats-py (``start`` gave the client): FastStream's publish adds
+        its middleware and encoding to the two or three publishes of every task."""
+        assert self._client is not None, "start() first"
+        assert self._js is not None
+        headers = {MSG_ID: str(event.id), WORKER: worker.id, "content-type": "application/json"}
+        body, subject = event.to_json().encode(), subject_for(event)
         with nats_errors(f"publish of {event.type} for task {event.task_id}"):
-            await self.broker.publish(
-                event.to_json().encode(),
-                subject_for(event),
-                headers=headers,
-                stream=EVENTS_STREAM if wait else None,
-                timeout=PUBLISH_TIMEOUT,
-            )
+            if wait:
+                await self._js.publish(
+                    subject, body, timeout=PUBLISH_TIMEOUT, stream=EVENTS_STREAM, headers=headers
+                )
+            else:
+                await self._client.publish(subject, body, headers=headers)
 
     @property
     def held(self) -> int:
