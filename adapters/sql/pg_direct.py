@@ -118,8 +118,8 @@ async def pipelined(pg: psycopg.AsyncConnection[Any] | None) -> AsyncIterator[No
     """The statements sent inside go out together; the first fetch or the end reads them.
 
     Each round trip wakes PostgreSQL's process and then this one, which on this kind of
-    host costs more CPU than the statements themselves (``docs/performance.md``). The
-    transaction's BEGIN, when it is still to come, is queued with the first statement.
+    host costs more CPU than the statements themselves (``docs/performance.md``). A
+    transaction's BEGIN still goes on its own: psycopg waits for its answer even here.
     A failed statement aborts those queued after it, and its error is raised at the
     read or at the end, as SQLAlchemy's. None (another database): nothing changes.
     """
@@ -171,7 +171,7 @@ async def lock_tasks_and_known_events(
     event_ids: Sequence[uuid.UUID],
 ) -> tuple[list[dict[str, Any]], set[uuid.UUID]]:
     """The tasks' rows, row-locked in id order, and which of ``event_ids`` the log holds:
-    one round trip, with the transaction's BEGIN (``projection.py``'s first step)."""
+    one round trip after the transaction's BEGIN (``projection.py``'s first step)."""
     async with (
         pipelined(pg),
         _cursor(pg, _LOCK_TASKS) as locked,

@@ -94,8 +94,9 @@ class SqlProjection(TransportRecovery, DispatchRecords):
             return outcomes
 
     async def _record(self, tx: Tx, items: Sequence[WorkerEvent], now: datetime) -> list[Outcome]:
-        """Three round trips on PostgreSQL whatever the batch's size: BEGIN with the reads,
-        the writes pipelined, COMMIT."""
+        """Four round trips on PostgreSQL whatever the batch's size: the BEGIN, the two
+        reads together, the writes pipelined, the COMMIT (and an insert for a worker
+        first seen in its claim)."""
         pg = await pg_direct.connection(tx)
         current, seen = await _lock_tasks_and_known_events(
             tx, {item.event.task_id for item in items}, [item.event.id for item in items]
