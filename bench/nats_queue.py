@@ -3,6 +3,7 @@
     .venv/bin/python bench/nats_queue.py [--tasks 2000] [--workers 4] [--concurrency 4]
                                          [--repeat 3] [--samples 40] [--phases]
                                          [--peer-results none,objectstore] [--no-peer]
+                                         [--prefetch 0]
                                          [--db postgresql://…] [--nats nats://…]
 
 Without --db / --nats it starts throwaway PostgreSQL and nats-server instances.
@@ -15,6 +16,8 @@ medians of ``--repeat`` rounds:
   ``debug.sleep`` tasks (seconds=0) are written to the database in one
   transaction (task row + outbox event per task, as the API would) and the
   clock runs from that commit until the last one succeeded in the database;
+  the server sends their work by priority dispatch, the default (``--prefetch
+  N`` sets ``nats_prefetch``: N more per worker slot sent ahead);
 - taskiq-nats, the peer a user would pick instead (``bench/peers/taskiq_peer.py``
   under ``bench/.venv-peers``, made from ``bench/requirements-peers.txt`` on
   first use): ``taskiq worker --workers W --max-async-tasks C`` on a
@@ -261,7 +264,8 @@ class Project:
             [
                 "--mode", "server", "--db", self.srv.db, "--files", str(self.files),
                 "--nats", self.srv.url, "--lease-seconds", "30",
-            ]
+            ],
+            env={"FLOWYARD_NATS_PREFETCH": str(self.args.prefetch)},
         )  # fmt: skip
         self.server.wait_healthy(120)
         self.workers = [
@@ -556,6 +560,9 @@ async def main() -> None:
     parser.add_argument("--phases", action="store_true", help="where the project's time went")
     parser.add_argument("--no-peer", action="store_true", help="skip taskiq-nats")
     parser.add_argument(
+        "--prefetch", type=int, default=0, help="nats_prefetch: work sent ahead per worker slot"
+    )
+    parser.add_argument(
         "--peer-results",
         default="none,objectstore",
         help="taskiq-nats's result backends to measure, comma-separated: none, objectstore",
@@ -566,7 +573,8 @@ async def main() -> None:
         with servers(args, work) as srv:
             print(
                 f"nats-server {srv.url}: {args.tasks} no-op tasks, {args.workers} processes x "
-                f"{args.concurrency} slots, median of {args.repeat}; {os.cpu_count()} CPUs, "
+                f"{args.concurrency} slots, nats_prefetch {args.prefetch}, median of "
+                f"{args.repeat}; {os.cpu_count()} CPUs, "
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )

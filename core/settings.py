@@ -173,6 +173,13 @@ class Settings(BaseSettings):
         "database, sent highest priority first as workers have free slots) or fifo (sent "
         "at once, run in creation order)",
     )
+    nats_prefetch: int = Field(
+        default=0,
+        ge=0,
+        description="with nats_dispatch priority: tasks sent ahead per NATS worker slot, "
+        "so a worker starts its next task without waiting for the server (0: none, "
+        "priority exact; N: a later, higher-priority task may wait behind N per slot)",
+    )
     events_max_bytes: int = Field(
         default=-1, ge=-1, description="FLOWYARD_EVENTS size limit in bytes (-1: none)"
     )

@@ -221,6 +221,7 @@ class NatsBridge:
             interval=min(1.0, s.poll_interval),
             gated=gated,
             offline_after=s.worker_offline_seconds,
+            prefetch=s.nats_prefetch,
             after_round=self.relay.kick if gated else None,
         )
         self.relay_after_rounds = gated
@@ -274,6 +275,11 @@ class NatsBridge:
                 if relay and relay.last_relayed_at
                 else None,
                 "last_error": relay.last_error if relay else "not connected yet",
+            },
+            "dispatch": {
+                "mode": self.settings.nats_dispatch,
+                "prefetch": self.settings.nats_prefetch,
+                "sent": self.scheduler.sent if self.scheduler else 0,
             },
             "worker_events": {
                 "recorded": self.consumer.recorded if self.consumer else 0,

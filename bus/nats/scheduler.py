@@ -64,16 +64,20 @@ class DueRecords(Protocol):
 
 
 def free_slots(
-    slots: list[tuple[str | None, set[str], int]], in_use: dict[tuple[str, str], int]
+    slots: list[tuple[str | None, set[str], int]],
+    in_use: dict[tuple[str, str], int],
+    prefetch: int = 0,
 ) -> dict[tuple[str, str], int]:
     """Free slots per ``(owner, flow)`` a task of that pair could use (pure, for tests).
 
     An admin's worker (owner None) serves every owner: its slots count for each, so
     the sum is an upper bound when one worker serves several owners or flows.
+    ``prefetch``: tasks sent ahead per slot, waiting in the stream for it to free.
     """
 
     def capacity(owner: str, flow: str) -> int:
-        return sum(n for who, flows, n in slots if flow in flows and who in (None, owner))
+        total = sum(n for who, flows, n in slots if flow in flows and who in (None, owner))
+        return total * (1 + prefetch)
 
     pairs = set(in_use)
     free: dict[tuple[str, str], int] = {}
@@ -93,6 +97,7 @@ class Scheduler:
         gated: bool = True,
         offline_after: float = 60.0,
         slots_every: float = 1.0,
+        prefetch: int = 0,
         after_round: Callable[[], None] | None = None,
     ) -> None:
         """``slots_every``: how long the workers' announced slots are reused between reads
@@ -107,6 +112,7 @@ class Scheduler:
         self.gated = gated
         self.offline_after = timedelta(seconds=offline_after)
         self.slots_every = slots_every
+        self.prefetch = prefetch
         self._sent: OrderedDict[tuple[uuid.UUID, int], None] = OrderedDict()
         self._kick = asyncio.Event()
         self._slots: list[tuple[str | None, set[str], int]] = []
@@ -173,7 +179,8 @@ class Scheduler:
         if slots:
 
             def room(counts: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], int]:
-                return free_slots(slots, {pair: busy for pair, (busy, _) in counts.items()})
+                in_use = {pair: busy for pair, (busy, _) in counts.items()}
+                return free_slots(slots, in_use, self.prefetch)
 
             chosen = await self.records.take_unsent(now, size=room)
         else:

@@ -120,3 +120,12 @@ def test_free_slots_count_owners_and_admin_workers() -> None:
         ("bob", "g"): 4,
         ("carol", "h"): 0,  # nobody runs h
     }
+
+
+def test_free_slots_with_prefetch_count_each_slot_plus_what_waits_ahead_for_it() -> None:
+    from flowyard.bus.nats.scheduler import free_slots
+
+    slots = [("alice", {"f"}, 2), (None, {"f"}, 1)]
+    in_use = {("alice", "f"): 3, ("bob", "f"): 0}
+    assert free_slots(slots, in_use) == {("alice", "f"): 0, ("bob", "f"): 1}
+    assert free_slots(slots, in_use, prefetch=2) == {("alice", "f"): 6, ("bob", "f"): 3}
