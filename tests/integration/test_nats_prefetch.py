@@ -55,7 +55,7 @@ def test_prefetch_sends_n_per_busy_slot_ahead_and_no_more(
         return int(health(server)["nats"]["dispatch"]["sent"])
 
     assert health(server)["nats"]["dispatch"] == {"mode": "priority", "prefetch": 1, "sent": 0}
-    long = create(server, "debug.sleep", {"seconds": 6, "steps": 6})
+    long = create(server, "debug.sleep", {"seconds": 10, "steps": 10})  # busy all along
     wait_state(server, long, {"running"}, 60, flowyard_processes)
     quick = [create(server, "debug.sleep", {"seconds": 0, "steps": 1}) for _ in range(3)]
     # one slot, busy: its task plus one sent ahead; the other two wait in the database
