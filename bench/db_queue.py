@@ -32,6 +32,9 @@ created_at``, the claim coming from the LISTEN/NOTIFY wake-up; PgQueuer: the
 job's ``created`` to its entrypoint's first line; bare: one ``INSERT`` + ``NOTIFY``
 to a LISTENing bare worker's ``claimed_at``) and create-to-done (``finished_at``;
 PgQueuer: its ``pgqueuer_log`` row, which it writes in batches every 0.1 s).
+Each one waits 0.25 s after the previous one finished; the "trickle" row creates
+flowyard's again 20 ms after the previous one finished, as a steady stream of
+submissions does (a NOTIFY debounce window longer than that delays every claim).
 
 The last lines are ``ratio_to_bare X.XX`` and ``ratio_to_peer X.XX``: flowyard's
 throughput over the bare loop's and over PgQueuer's.
@@ -165,9 +168,11 @@ async def commit_tasks(uri: str, created: list[TaskCreated]) -> float:
         return time.monotonic()  # the commit happened when write() exited
 
 
-async def claim_latencies(uri: str, files: Path, samples: int) -> tuple[list[float], list[float]]:
-    """Create tasks one at a time on idle workers; seconds from created_at to claimed_at
-    and to finished_at."""
+async def claim_latencies(
+    uri: str, files: Path, samples: int, pause: float = 0.25
+) -> tuple[list[float], list[float]]:
+    """Create tasks one at a time on idle workers, ``pause`` seconds after the previous one
+    finished; seconds from created_at to claimed_at and to finished_at."""
     to_claim: list[float] = []
     to_done: list[float] = []
     async with open_store(uri, migrate=False) as store:
@@ -186,7 +191,7 @@ async def claim_latencies(uri: str, files: Path, samples: int) -> tuple[list[flo
             assert task.finished_at is not None, "a task was not finished within 5 s"
             to_claim.append((task.claimed_at - task.created_at).total_seconds())
             to_done.append((task.finished_at - task.created_at).total_seconds())
-            await asyncio.sleep(0.25)  # the workers go idle again
+            await asyncio.sleep(pause)  # the workers go idle again
     return to_claim, to_done
 
 
@@ -444,6 +449,8 @@ def run(args: argparse.Namespace, uri: str) -> Results:
             claim, done = asyncio.run(claim_latencies(uri, files, args.samples))
             out.latency["flowyard create-to-claim"] = [x * 1000 for x in claim]
             out.latency["flowyard create-to-done"] = [x * 1000 for x in done]
+            claim, _ = asyncio.run(claim_latencies(uri, files, args.samples, pause=TRICKLE))
+            out.latency["flowyard create-to-claim, trickle"] = [x * 1000 for x in claim]
             pids = [p.pid for p in group.processes]
             for round_ in range(args.repeat):  # alternating, so a change in load hits all
                 out.project.append(drain_project(uri, files, args.tasks, pids))
@@ -460,6 +467,11 @@ def run(args: argparse.Namespace, uri: str) -> Results:
     out.latency["bare INSERT+NOTIFY-to-claim"] = [x * 1000 for x in claim]
     out.latency["bare INSERT+NOTIFY-to-done"] = [x * 1000 for x in done]
     return out
+
+
+TRICKLE = 0.02
+"""Pause between the trickle's tasks: a user submitting work a few dozen times a second,
+within any NOTIFY debounce window of the previous task."""
 
 
 def describe(name: str, drains: list[Drain]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 
@@ -204,24 +205,41 @@ class PgNotifyWaker:
                     self._kick.set()
 
 
+WINDOWS: Mapping[str, float] = {WORK_CHANNEL: 0.005, EVENTS_CHANNEL: 0.1}
+"""Seconds between two NOTIFYs of one channel and payload that ride in transactions.
+
+NOTIFY takes a database-wide lock at commit, so a busy server keeps them rare; but
+work created a little after other work of its flow waits for its trailing NOTIFY,
+so the work channel's window is short: an idle worker then hears of work created
+at up to 200 per second per flow without delay, and of more within 5 ms (its busy
+peers claim in their own writes meanwhile). The events channel only paces the
+server's event tailer, which can wait."""
+
+
 class PgNotifier:
     """Sends NOTIFY for appended events inside their transaction, debounced River-style.
 
-    Per (channel, payload), at most one NOTIFY per ``window`` rides in a
-    transaction (NOTIFY takes a global lock at commit, so we keep it rare). A
-    suppressed one is not lost: once its transaction committed, a trailing
-    NOTIFY goes out at the end of the window, outside any transaction.
+    Per (channel, payload), at most one NOTIFY per window (``WINDOWS``) rides in a
+    transaction. A suppressed one is not lost: once its transaction committed, a
+    trailing NOTIFY goes out at the end of the window, outside any transaction.
     Install with ``db.in_transaction(notifier)`` and ``db.on_commit(notifier.on_commit)``.
     """
 
-    def __init__(self, engine: AsyncEngine, *, window: float = 0.1, events: bool = True) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        windows: Mapping[str, float] = WINDOWS,
+        events: bool = True,
+    ) -> None:
         self._engine = engine
-        self._window = window
+        self._windows = windows
         self._events = events
         self._sent: dict[tuple[str, str], float] = {}
         self._suppressed: dict[uuid.UUID, set[tuple[str, str]]] = {}
         self._pending: set[tuple[str, str]] = set()
         self._trailing: asyncio.Task[None] | None = None
+        self._more = asyncio.Event()
 
     def _keys(self, batch: Sequence[Event]) -> dict[tuple[str, str], uuid.UUID]:
         """Each channel/payload of the batch, with the id of an event that needs it."""
@@ -235,19 +253,27 @@ class PgNotifier:
                 keys.setdefault((EVENTS_CHANNEL, ""), event.id)
         return keys
 
-    async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
-        now = asyncio.get_running_loop().time()
+    def _due_at(self, key: tuple[str, str]) -> float:
+        """When a NOTIFY of ``key`` may next ride (a cancel's is never held back)."""
+        last = self._sent.get(key)
+        window = self._windows.get(key[0], 0.0)
+        return -math.inf if last is None or window <= 0 else last + window
+
+    def sort_out(self, batch: Sequence[Event], now: float) -> list[tuple[str, str]]:
+        """The NOTIFYs this batch sends now (marked sent at ``now``); the rest are held
+        back for the trailing NOTIFY of their window, once their transaction commits."""
         due: list[tuple[str, str]] = []
         for key, event_id in self._keys(batch).items():
-            if key[0] == CANCEL_CHANNEL:  # one per task and rare: never debounced nor remembered
-                due.append(key)
-                continue
-            last = self._sent.get(key)
-            if last is not None and now - last < self._window:
+            if now < self._due_at(key):
                 self._suppressed.setdefault(event_id, set()).add(key)
                 continue
-            self._sent[key] = now
+            if key[0] != CANCEL_CHANNEL:  # one per task and rare: not remembered
+                self._sent[key] = now
             due.append(key)
+        return due
+
+    async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
+        due = self.sort_out(batch, asyncio.get_running_loop().time())
         if due:
             await pg_direct.notify(await pg_direct.driver(tx.conn), due)
         if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
@@ -260,18 +286,28 @@ class PgNotifier:
         if self._suppressed:
             for event in events:
                 self._pending.update(self._suppressed.pop(event.id, ()))
-        if self._pending and (self._trailing is None or self._trailing.done()):
+        if not self._pending:
+            return
+        self._more.set()  # a trailing NOTIFY under way may now be due sooner
+        if self._trailing is None or self._trailing.done():
             self._trailing = asyncio.get_running_loop().create_task(
                 self._send_trailing(), name="pg-notify-trailing"
             )
 
     async def _send_trailing(self) -> None:
+        """Each pending NOTIFY at the end of its own window (the work channel's is short)."""
+        loop = asyncio.get_running_loop()
         while self._pending:
-            loop = asyncio.get_running_loop()
-            last = max((self._sent.get(k, 0.0) for k in self._pending), default=0.0)
-            await asyncio.sleep(max(0.0, last + self._window - loop.time()))
-            keys, self._pending = self._pending, set()
-            await self._send(keys)
+            self._more.clear()
+            wait = min(map(self._due_at, self._pending)) - loop.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._more.wait(), wait)
+            now = loop.time()
+            keys = {key for key in self._pending if self._due_at(key) <= now}
+            self._pending -= keys
+            if keys:  # none when woken early, or a NOTIFY in a transaction went out meanwhile
+                await self._send(keys)
 
     async def _send(self, keys: set[tuple[str, str]]) -> None:
         now = asyncio.get_running_loop().time()

@@ -227,6 +227,30 @@ async def test_notify_wakes_an_idle_listener_within_milliseconds(pg_uri: str) ->
 
 
 @pytest.mark.postgres
+async def test_work_created_every_50_ms_wakes_an_idle_listener_at_its_commit(pg_uri: str) -> None:
+    """A steady trickle of work, as a user submitting tasks makes it: each NOTIFY rides in
+    its own transaction instead of waiting for the trailing NOTIFY of a debounce window
+    (with the 100 ms window every one of these waited about 50 ms)."""
+    async with open_store(pg_uri) as store:
+        waker = PgNotifyWaker(listen_uri(store.db.engine), 10.0, payloads={"debug.sleep"})
+        await waker.start()
+        try:
+            assert waker.listening
+            latencies = []
+            for _ in range(7):
+                await asyncio.sleep(0.05)
+                waker.clear()
+                await store.record(created())
+                committed = time.monotonic()
+                await waker.wait(10.0)
+                latencies.append(time.monotonic() - committed)
+            print("wake-up after commit, seconds:", [round(x, 4) for x in latencies])
+            assert statistics.median(latencies) < 0.03
+        finally:
+            await waker.close()
+
+
+@pytest.mark.postgres
 async def test_tailer_waits_for_an_event_committed_out_of_order(pg_uri: str) -> None:
     async with open_store(pg_uri) as store:
         seen: list[Event] = []
