@@ -32,7 +32,10 @@ medians of ``--repeat`` rounds:
 
 With everything idle, ``--samples`` jobs are also created one at a time, each
 after the previous one finished: flowyard's ``claimed_at - created_at`` and
-``finished_at - created_at`` (from the task row), taskiq's kick to the task's
+``finished_at - created_at`` (from the task row), of tasks written to the
+database by this process (the server hears of them through its event tailer)
+and, in the "(HTTP)" rows, of tasks created with ``POST /api/tasks`` (the
+server's own commit kicks its scheduler), taskiq's kick to the task's
 first line and to just after its result was saved, the bare loop's publish to
 fetch and to the acknowledged ack. CPU per task: worker processes ("clients"),
 and the servers: flowyard's server process, its PostgreSQL backends and the
@@ -56,7 +59,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.peer_env import run_peer  # noqa: E402
 from flowyard.adapters.sql.schema import events, tasks  # noqa: E402
+from flowyard.adapters.sql.task_store import SqlTaskStore  # noqa: E402
 from tests.support.auth import ADMIN_AUTH, ADMIN_ENV  # noqa: E402
 from tests.support.nats import NatsServer  # noqa: E402
 from tests.support.nats_processes import bulk_create  # noqa: E402
@@ -80,6 +84,7 @@ from tests.support.processes import ManagedProcess, ProcessGroup  # noqa: E402
 from tests.support.task_db import open_store  # noqa: E402
 
 WARMUP = 40
+NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -283,26 +288,55 @@ class Project:
         self.group.stop_all()
 
     async def latencies(self, samples: int) -> dict[str, list[float]]:
-        """Tasks created one at a time on idle workers: ms to claimed_at and to finished_at,
-        and the two legs of the claim: the server's (until the scheduler took the work, or
-        the relay published it under fifo), then the worker's."""
+        """Tasks created one at a time on idle workers, in the database by another process
+        (the server hears of them through its event tailer) and then with ``POST
+        /api/tasks`` (its own commit kicks the scheduler): ms to claimed_at and to
+        finished_at, and the two legs of the claim: the server's (until the scheduler
+        took the work, or the relay published it under fifo), then the worker's."""
+        out: dict[str, list[float]] = {}
+        async with open_store(self.srv.db, migrate=False) as store:
+
+            async def in_database() -> uuid.UUID:
+                (task_id,) = await bulk_create(store, 1)
+                return task_id
+
+            out |= await self._one_at_a_time(store, samples, in_database, "")
+            assert self.server is not None
+            async with httpx.AsyncClient(
+                base_url=self.server.url or "", auth=ADMIN_AUTH, timeout=10
+            ) as client:
+
+                async def over_http() -> uuid.UUID:
+                    response = await client.post("/api/tasks", json=NOOP)
+                    response.raise_for_status()
+                    return uuid.UUID(response.json()["id"])
+
+                out |= await self._one_at_a_time(store, samples, over_http, " (HTTP)")
+        return out
+
+    async def _one_at_a_time(
+        self,
+        store: SqlTaskStore,
+        samples: int,
+        create: Callable[[], Awaitable[uuid.UUID]],
+        label: str,
+    ) -> dict[str, list[float]]:
         to_claim: list[float] = []
         to_done: list[float] = []
         ids: set[uuid.UUID] = set()
-        async with open_store(self.srv.db, migrate=False) as store:
-            for _ in range(samples):
-                (task_id,) = await bulk_create(store, 1)
-                ids.add(task_id)
-                for _ in range(1000):
-                    task = await store.get(task_id)
-                    if task.finished_at is not None:
-                        break
-                    await asyncio.sleep(0.005)
-                if task.claimed_at is None or task.finished_at is None:
-                    raise TimeoutError(f"task {task_id} not finished within 5 s")
-                to_claim.append((task.claimed_at - task.created_at).total_seconds() * 1000)
-                to_done.append((task.finished_at - task.created_at).total_seconds() * 1000)
-                await asyncio.sleep(0.25)  # everything goes idle again
+        for _ in range(samples):
+            task_id = await create()
+            ids.add(task_id)
+            for _ in range(1000):
+                task = await store.get(task_id)
+                if task.finished_at is not None:
+                    break
+                await asyncio.sleep(0.005)
+            if task.claimed_at is None or task.finished_at is None:
+                raise TimeoutError(f"task {task_id} not finished within 5 s")
+            to_claim.append((task.claimed_at - task.created_at).total_seconds() * 1000)
+            to_done.append((task.finished_at - task.created_at).total_seconds() * 1000)
+            await asyncio.sleep(0.25)  # everything goes idle again
         self.succeeded += samples
         sent = await work_taken(self.srv.db, ids)
         if sent:  # priority dispatch: the scheduler takes the work, then publishes it
@@ -316,9 +350,9 @@ class Project:
                 "worker (published->claimed)": both["dispatch (published->claimed)"],
             }
         return {
-            "flowyard create-to-claim": to_claim,
-            "flowyard create-to-done": to_done,
-            **{f"  of which {name}": values for name, values in legs.items()},
+            f"flowyard create-to-claim{label}": to_claim,
+            f"flowyard create-to-done{label}": to_done,
+            **{f"  of which {name}{label}": values for name, values in legs.items()},
         }
 
     async def drain(self) -> Drain:
