@@ -68,9 +68,9 @@ class Heartbeat:
     cancel_requested: bool = False
 
 
-Sizer = Callable[[dict[tuple[str, str], tuple[int, int]]], Mapping[tuple[str, str], int]]
-"""Sizes a round of sending work: ``(in use, waiting)`` per ``(owner, flow)`` in, how many
-of each pair to send now out (the NATS server's priority dispatch)."""
+Sizer = Callable[[dict[tuple[str, str], int]], Mapping[tuple[str, str], int]]
+"""Sizes a round of sending work: work in use per ``(owner, flow)`` that has work waiting
+in, how many of each pair to send now out (the NATS server's priority dispatch)."""
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,8 @@ class DispatchRecords:
         """Due queued tasks without a work message, marked sent (``work_sent_at``) in one
         transaction: highest priority first, then oldest.
 
-        ``size``: told ``(in use, waiting)`` per ``(owner, flow)`` with work waiting (in
-        use: what transport workers run, plus work sent but not yet claimed), it answers
+        ``size``: told the work in use per ``(owner, flow)`` with work waiting (what
+        transport workers run, plus work sent but not yet claimed), it answers
         how many of each pair to take, and none of other pairs (a round reads what it
         can send, not the whole backlog). The rows are read with ``FOR UPDATE SKIP
         LOCKED``, so two servers never take the same task; on PostgreSQL the read and the
@@ -85,9 +85,7 @@ class DispatchRecords:
                     rows = await pg_direct.take_any_unsent(pg, now, limit)
                 else:
                     counts = await pg_direct.room_counts(pg, now, self.kept.transport)
-                    room = size(
-                        {(r["owner"], r["flow"]): (r["busy"], r["waiting"]) for r in counts}
-                    )
+                    room = size({(r["owner"], r["flow"]): r["busy"] for r in counts})
                     rows = await pg_direct.take_unsent(pg, now, _wanted(room, limit))
                 found = [task_from_row(row) for row in rows]
             else:
@@ -117,7 +115,7 @@ class DispatchRecords:
             await tx.conn.execute(mark.values(work_sent_at=now))
         return found
 
-    async def _room_counts(self, tx: Tx, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+    async def _room_counts(self, tx: Tx, now: datetime) -> dict[tuple[str, str], int]:
         waiting = _unsent_due(now)
         busy = (
             (tasks.c.state == TaskState.running.value)
@@ -134,7 +132,7 @@ class DispatchRecords:
             .group_by(tasks.c.owner, tasks.c.flow)
         )
         rows = (await tx.conn.execute(query)).all()
-        return {(r[0], r[1]): (int(r[2] or 0), int(r[3] or 0)) for r in rows if r[3]}
+        return {(r[0], r[1]): int(r[2] or 0) for r in rows if r[3]}
 
     async def unmark_sent(self, batch: Sequence[Task]) -> None:
         """Work that did not go out after all: clear ``work_sent_at`` so a later round sends it

@@ -208,7 +208,7 @@ async def update_tasks(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str
 async def room_counts(
     pg: psycopg.AsyncConnection[Any], now: datetime, keeper: str
 ) -> list[dict[str, Any]]:
-    """``dispatch_records``' counts: per ``(owner, flow)``, work in use and work waiting."""
+    """``dispatch_records``' counts: work in use per ``(owner, flow)`` with work waiting."""
     async with _cursor(pg, _ROOM_COUNTS) as cur:
         await cur.execute(_ROOM_COUNTS, {"now": now, "keeper": keeper})
         return await cur.fetchall()
@@ -247,15 +247,33 @@ async def _taken(
 _UNSENT_DUE = (
     "state = 'queued' AND work_sent_at IS NULL AND (not_before IS NULL OR not_before <= %(now)s)"
 )
+# Which pairs have unsent work: a walk over ``ix_tasks_unsent``, one index probe per pair
+# (a GROUP BY read every queued task each round); the due check stops at the first due
+# task of the pair. Then what is in use per pair: running on this transport, or sent
+# ahead and not yet claimed (``ix_tasks_sent``: a few rows, not the backlog).
+_UNSENT = "state = 'queued' AND work_sent_at IS NULL"
 _ROOM_COUNTS = f"""
-SELECT owner, flow,
-    count(*) FILTER (WHERE NOT ({_UNSENT_DUE})) AS busy,
-    count(*) FILTER (WHERE {_UNSENT_DUE}) AS waiting
-FROM tasks
-WHERE (state = 'running' AND lease_keeper = %(keeper)s)
-    OR (state = 'queued' AND work_sent_at IS NOT NULL) OR ({_UNSENT_DUE})
-GROUP BY owner, flow
-HAVING count(*) FILTER (WHERE {_UNSENT_DUE}) > 0
+WITH RECURSIVE pairs AS (
+    (SELECT owner, flow FROM tasks WHERE {_UNSENT} ORDER BY owner, flow LIMIT 1)
+    UNION ALL
+    SELECT later.owner, later.flow FROM pairs, LATERAL (
+        SELECT owner, flow FROM tasks
+        WHERE {_UNSENT} AND (owner, flow) > (pairs.owner, pairs.flow)
+        ORDER BY owner, flow LIMIT 1
+    ) AS later
+),
+busy AS (
+    SELECT owner, flow, count(*) AS busy FROM tasks
+    WHERE (state = 'running' AND lease_keeper = %(keeper)s)
+        OR (state = 'queued' AND work_sent_at IS NOT NULL)
+    GROUP BY owner, flow
+)
+SELECT pairs.owner, pairs.flow, coalesce(busy.busy, 0) AS busy
+FROM pairs LEFT JOIN busy ON busy.owner = pairs.owner AND busy.flow = pairs.flow
+WHERE EXISTS (
+    SELECT 1 FROM tasks AS t
+    WHERE t.owner = pairs.owner AND t.flow = pairs.flow AND {_UNSENT_DUE}
+)
 """
 # In the claim's order: highest priority first, then oldest.
 _TAKE = """

@@ -163,7 +163,11 @@ class Scheduler:
         return await (self._gated(now) if self.gated else self._due(now))
 
     async def _worker_slots(self, now: datetime) -> list[tuple[str | None, set[str], int]]:
-        if time.monotonic() - self._slots_read_at >= self.slots_every:
+        """The workers' announced slots, reused for ``slots_every`` unless none was found:
+        a worker that came up since must not find all the waiting work sent at once (the
+        no-worker rule) because an empty answer was kept."""
+        stale = time.monotonic() - self._slots_read_at >= self.slots_every
+        if stale or not self._slots:
             self._slots = await self.records.nats_slots(now - self.offline_after)
             self._slots_read_at = time.monotonic()
         return self._slots
@@ -178,8 +182,7 @@ class Scheduler:
         slots = await self._worker_slots(now)
         if slots:
 
-            def room(counts: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], int]:
-                in_use = {pair: busy for pair, (busy, _) in counts.items()}
+            def room(in_use: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
                 return free_slots(slots, in_use, self.prefetch)
 
             chosen = await self.records.take_unsent(now, size=room)

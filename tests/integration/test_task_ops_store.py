@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from flowyard.adapters.sql import pg_direct
 from flowyard.adapters.sql.projection import SqlProjection
 from flowyard.adapters.sql.retention import SqlRetention
 from flowyard.adapters.sql.schema import webhook_deliveries
@@ -99,25 +100,27 @@ async def test_priority_dispatch_takes_what_has_room_once(store: SqlTaskStore) -
     high = await store.record(created(priority=9), **sent)
     other = await store.record(created(owner="bob"), **sent)
     later = await store.record(created(not_before=now + timedelta(minutes=5)), **sent)
+    # only work scheduled for later: a pair with nothing to send this round
+    await store.record(created(owner="carol", not_before=now + timedelta(minutes=5)), **sent)
     projection = SqlProjection(store.db)
-    seen: list[dict[tuple[str, str], tuple[int, int]]] = []
+    seen: list[dict[tuple[str, str], int]] = []
 
     def room(n: int) -> Sizer:
-        def size(counts: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], int]:
-            seen.append(counts)
+        def size(in_use: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+            seen.append(in_use)
             return {pair: n}
 
         return size
 
     pair = ("admin", "debug.sleep")
     taken = await projection.take_unsent(now, size=room(2))
-    assert seen[-1] == {pair: (0, 4), ("bob", "debug.sleep"): (0, 1)}  # in use, waiting
+    assert seen[-1] == {pair: 0, ("bob", "debug.sleep"): 0}  # in use, of pairs with work
     assert [t.id for t in taken] == [high.id, low[0].id]  # priority, then the oldest
     rest = await projection.take_unsent(now, size=room(5))
-    assert seen[-1] == {pair: (2, 2), ("bob", "debug.sleep"): (0, 1)}
+    assert seen[-1] == {pair: 2, ("bob", "debug.sleep"): 0}
     assert [t.id for t in rest] == [low[1].id, low[2].id]  # what was taken is not sent twice
     assert await projection.take_unsent(now, size=room(5)) == []
-    assert seen[-1] == {("bob", "debug.sleep"): (0, 1)}  # no admin work waits any more
+    assert seen[-1] == {("bob", "debug.sleep"): 0}  # no admin work waits any more
     await projection.unmark_sent([taken[1]])
     again = await projection.take_unsent(now)
     assert {t.id for t in again} == {low[0].id, other.id}
@@ -128,6 +131,31 @@ async def test_priority_dispatch_takes_what_has_room_once(store: SqlTaskStore) -
     )
     assert {t.id for t in first} | {t.id for t in second} == many
     assert not {t.id for t in first} & {t.id for t in second}  # two servers: each task once
+
+
+@pytest.mark.postgres
+async def test_a_dispatch_round_reads_the_pairs_and_the_work_sent_ahead_not_the_backlog(
+    pg_uri: str,
+) -> None:
+    """The round's slot count walks ``ix_tasks_unsent`` pair by pair and reads the work sent
+    ahead from ``ix_tasks_sent``: a GROUP BY over every queued task (1.33 ms of PostgreSQL
+    per task drained with 15,000 queued, against 0.64 with 2,000) is gone."""
+    async with open_store(pg_uri) as store:
+        now = utcnow()
+        for owner in ("admin", "bob", "carol"):
+            for _ in range(20):
+                await store.record(created(owner=owner), relayed_at=now)
+        projection = SqlProjection(store.db)
+        await projection.take_unsent(now, size=lambda in_use: dict.fromkeys(in_use, 2))
+        statement = "EXPLAIN " + pg_direct._ROOM_COUNTS
+        async with store.db.engine.connect() as conn:
+            await conn.execute(sa.text("SET enable_seqscan = off"))  # a tiny table: seq wins
+            params = {"now": now, "keeper": "nats"}
+            rows = (await conn.exec_driver_sql(statement, params)).all()
+        plan = " ".join(str(cell) for row in rows for cell in row)
+        assert "ix_tasks_unsent" in plan, plan
+        assert "ix_tasks_sent" in plan, plan
+        assert "Seq Scan" not in plan, plan
 
 
 async def finished_at(store: SqlTaskStore, when: datetime, state: str = "succeeded") -> uuid.UUID:
