@@ -35,7 +35,8 @@ after the previous one finished: flowyard's ``claimed_at - created_at`` and
 ``finished_at - created_at`` (from the task row), of tasks written to the
 database by this process (the server hears of them through its event tailer)
 and, in the "(HTTP)" rows, of tasks created with ``POST /api/tasks`` (the
-server's own commit kicks its scheduler), taskiq's kick to the task's
+server's own commit kicks its scheduler; the "trickle" row creates them 20 ms
+after the previous one finished instead of 0.25 s), taskiq's kick to the task's
 first line and to just after its result was saved, the bare loop's publish to
 fetch and to the acknowledged ack. CPU per task: worker processes ("clients"),
 and the servers: flowyard's server process, its PostgreSQL backends and the
@@ -84,6 +85,8 @@ from tests.support.processes import ManagedProcess, ProcessGroup  # noqa: E402
 from tests.support.task_db import open_store  # noqa: E402
 
 WARMUP = 40
+TRICKLE = 0.02
+"""The trickle's pause: each task created 20 ms after the previous one finished."""
 NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
 
 
@@ -312,6 +315,12 @@ class Project:
                     return uuid.UUID(response.json()["id"])
 
                 out |= await self._one_at_a_time(store, samples, over_http, " (HTTP)")
+                trickle = await self._one_at_a_time(
+                    store, samples, over_http, " (HTTP, trickle)", pause=TRICKLE
+                )
+                out["flowyard create-to-claim (HTTP, trickle)"] = trickle[
+                    "flowyard create-to-claim (HTTP, trickle)"
+                ]
         return out
 
     async def _one_at_a_time(
@@ -320,6 +329,7 @@ class Project:
         samples: int,
         create: Callable[[], Awaitable[uuid.UUID]],
         label: str,
+        pause: float = 0.25,
     ) -> dict[str, list[float]]:
         to_claim: list[float] = []
         to_done: list[float] = []
@@ -336,7 +346,7 @@ class Project:
                 raise TimeoutError(f"task {task_id} not finished within 5 s")
             to_claim.append((task.claimed_at - task.created_at).total_seconds() * 1000)
             to_done.append((task.finished_at - task.created_at).total_seconds() * 1000)
-            await asyncio.sleep(0.25)  # everything goes idle again
+            await asyncio.sleep(pause)  # everything goes idle again
         self.succeeded += samples
         sent = await work_taken(self.srv.db, ids)
         if sent:  # priority dispatch: the scheduler takes the work, then publishes it
