@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.text_batching import database  # noqa: E402
 from flowyard.core.events import TaskCreated  # noqa: E402
-from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.task_db import open_store  # noqa: E402
 
 WARMUP = 50
@@ -70,18 +69,9 @@ def main() -> None:
     )
     parser.add_argument("--db", help="a PostgreSQL URI (default: a throwaway cluster)")
     args = parser.parse_args()
-    if args.db:
-        run(args.db, args)
-        return
-    with tempfile.TemporaryDirectory(prefix="flowyard-bench-") as tmp:
-        cluster = PostgresCluster(Path(tmp) / "pg")
-        cluster.start()
-        try:
-            cluster.create_database("bench")
-            print(f"PostgreSQL {cluster.uri('bench')}: {args.creates} creates per pause")
-            run(cluster.uri("bench"), args)
-        finally:
-            cluster.stop(timeout=10)
+    with database(args.db) as uri:
+        print(f"PostgreSQL {uri}: {args.creates} creates per pause")
+        run(uri, args)
 
 
 if __name__ == "__main__":
