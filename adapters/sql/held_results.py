@@ -5,9 +5,9 @@ fold, write the row, append the event (four statements per result). A result
 from the worker that holds the attempt changes fields that depend on the event
 alone (``core.task.done_update``), and ``apply`` accepts it exactly when the row
 is running that attempt for that worker (``core.task.held_by_worker``). So a
-batch of such results is one ``UPDATE`` run for all rows with that fence in its
-``WHERE`` (an executemany the drivers pipeline; on PostgreSQL sent to psycopg
-directly, ``pg_direct.py``); the queue appends their events
+batch of such results is one ``UPDATE`` for all rows with that fence in its
+``WHERE``: on PostgreSQL one statement joining the rows to arrays of the results
+(``pg_direct.py``), elsewhere an executemany; the queue appends their events
 with those of the claim in the same write, in one multi-row insert. When fewer
 rows matched than results were given (an attempt taken away, or a retried write
 whose first try committed after all), the caller rolls back and records the

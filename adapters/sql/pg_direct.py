@@ -37,13 +37,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from flowyard.adapters.sql.database import Tx
 from flowyard.adapters.sql.schema import tasks
 
+# One statement for any number of a worker's results: arrays, one per column, joined to
+# their rows under the fence. The rows are locked in task-id order (the caller sorts
+# them; the join walks the arrays in order, looking each row up by its key).
 _FINISH_HELD = """
-UPDATE tasks SET state = %(state)s, outputs = %(outputs)s::json, error = %(error)s,
-    finished_at = %(finished_at)s, lease_expires_at = %(lease_expires_at)s,
-    updated_at = %(updated_at)s, progress = coalesce(%(_progress)s, progress),
-    cancelled_at = coalesce(%(_cancelled_at)s, cancelled_at)
-WHERE id = %(_id)s AND attempt = %(_attempt)s AND state = 'running' AND worker_id = %(_worker)s
+UPDATE tasks SET state = r.state, outputs = r.outputs::json, error = r.error,
+    finished_at = r.finished_at, lease_expires_at = r.lease_expires_at,
+    updated_at = r.updated_at, progress = coalesce(r.progress, tasks.progress),
+    cancelled_at = coalesce(r.cancelled_at, tasks.cancelled_at)
+FROM unnest(%(_id)b::uuid[], %(_attempt)b::int[], %(_worker)b::text[], %(state)b::text[],
+    %(outputs)b::text[], %(error)b::text[], %(finished_at)b::timestamptz[],
+    %(lease_expires_at)b::timestamptz[], %(updated_at)b::timestamptz[],
+    %(_progress)b::float8[], %(_cancelled_at)b::timestamptz[])
+    AS r(id, attempt, worker_id, state, outputs, error, finished_at, lease_expires_at,
+        updated_at, progress, cancelled_at)
+WHERE tasks.id = r.id AND tasks.attempt = r.attempt AND tasks.state = 'running'
+    AND tasks.worker_id = r.worker_id
 """
+_FINISH_COLUMNS = (
+    "_id", "_attempt", "_worker", "state", "outputs", "error", "finished_at",
+    "lease_expires_at", "updated_at", "_progress", "_cancelled_at",
+)  # fmt: skip
 
 _CLAIM = """
 WITH picked AS (
@@ -132,11 +146,12 @@ async def pipelined(pg: psycopg.AsyncConnection[Any] | None) -> AsyncIterator[No
 
 
 async def finish_held(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> int:
-    """Run ``held_results``' fenced update for ``rows`` (its parameters), in their order
-    (psycopg pipelines them); return how many rows matched."""
-    params = [row | {"outputs": _json(row["outputs"])} for row in rows]
+    """Run ``held_results``' fenced update for ``rows`` (its parameters) in one statement,
+    rows locked in the order given; return how many rows matched."""
+    params: dict[str, Any] = {name: [row[name] for row in rows] for name in _FINISH_COLUMNS}
+    params["outputs"] = [_json(value) for value in params["outputs"]]
     async with _cursor(pg, _FINISH_HELD) as cur:
-        await cur.executemany(_FINISH_HELD, params)
+        await cur.execute(_FINISH_HELD, params)
         return cur.rowcount
 
 
