@@ -43,7 +43,7 @@ from tests.support.postgres import PostgresCluster  # noqa: E402
 
 async def drain(
     uri: str, files: Path, tasks: int, concurrency: int, profiled: bool
-) -> tuple[float, float, cProfile.Profile]:
+) -> tuple[float, float, int, cProfile.Profile]:
     engine = make_engine(uri, pool_size=concurrency + 3, pre_ping=False)
     await upgrade(engine)
     created = await prepare_tasks(files, tasks)
@@ -72,7 +72,7 @@ async def drain(
     profile.disable()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await db.close()
-    return tasks / elapsed, cpu / tasks, profile
+    return tasks / elapsed, cpu / tasks, worker._runner.completer.batches, profile
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
             cluster.create_database("bench")
             files = Path(tmp) / "files"
             files.mkdir()
-            rate, cpu, profile = asyncio.run(
+            rate, cpu, writes, profile = asyncio.run(
                 drain(
                     cluster.uri("bench"), files, args.tasks, args.concurrency, not args.no_profile
                 )
@@ -99,7 +99,8 @@ def main() -> None:
     how = "without profiler" if args.no_profile else "under cProfile"
     print(
         f"drained {args.tasks} tasks at {rate:.0f} tasks/s, {cpu * 1000:.2f} ms CPU per task "
-        f"(one process, {how})"
+        f"(one process, {how}); {writes} writes of results, "
+        f"{args.tasks / max(writes, 1):.1f} results per write"
     )
     if args.no_profile:
         return

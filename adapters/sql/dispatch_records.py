@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -20,6 +21,10 @@ from flowyard.adapters.sql.schema import tasks, workers
 from flowyard.core.ports import Sizer
 from flowyard.core.redelivery import KeptLeases
 from flowyard.core.task import Task, TaskState
+
+QUEUED: sa.ColumnElement[str] = sa.literal_column(f"'{TaskState.queued.value}'")
+"""The state as a literal, not a parameter, so PostgreSQL can use ``ix_tasks_scheduled``
+(a partial index on queued tasks) in a prepared statement's generic plan too."""
 
 
 class DispatchRecords:
@@ -34,7 +39,7 @@ class DispatchRecords:
         query = (
             sa.select(tasks)
             .where(
-                (tasks.c.state == TaskState.queued.value)
+                (tasks.c.state == QUEUED)
                 & (tasks.c.not_before > since)
                 & (tasks.c.not_before <= now)
             )
@@ -47,14 +52,17 @@ class DispatchRecords:
 
     async def next_due(self, now: datetime) -> datetime | None:
         """The earliest ``not_before`` still ahead of ``now`` (None: nothing scheduled)."""
-        query = sa.select(sa.func.min(tasks.c.not_before)).where(
-            (tasks.c.state == TaskState.queued.value) & (tasks.c.not_before > now)
-        )
         async with self.db.read() as conn:
-            value = (await conn.execute(query)).scalar()
+            value = (await conn.execute(self.next_due_query(now))).scalar()
         if not isinstance(value, datetime):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+    @staticmethod
+    def next_due_query(now: datetime) -> sa.Select[tuple[Any]]:
+        return sa.select(sa.func.min(tasks.c.not_before)).where(
+            (tasks.c.state == QUEUED) & (tasks.c.not_before > now)
+        )
 
     async def nats_slots(self, seen_since: datetime) -> list[tuple[str | None, set[str], int]]:
         """``(owner, flows, concurrency)`` of every transport worker seen since ``seen_since``."""

@@ -58,13 +58,25 @@ class SqlOutbox:
         self.db = db
 
     async def pending(self, limit: int) -> list[PendingEvent]:
-        e = events.c
+        """The oldest ``limit`` pending events, with their task's state now.
+
+        The events are picked before the join, so a backlog of pending events costs one
+        walk of ``ix_events_relay`` in its own order (``relayed_at`` is NULL for all of
+        them, so ordering by it too changes nothing but lets the index give the order):
+        joined first, 12,000 pending events were all joined and sorted for each read of
+        500 (50 ms)."""
+        picked = (
+            sa.select(events)
+            .where(events.c.relayed_at.is_(None))
+            .order_by(events.c.relayed_at, events.c.seq)
+            .limit(limit)
+            .subquery()
+        )
+        e = picked.c
         query = (
             sa.select(e.seq, e.id, e.type, e.task_id, e.owner, e.flow, e.body, tasks.c.state)
-            .select_from(events.outerjoin(tasks, tasks.c.id == e.task_id))
-            .where(events.c.relayed_at.is_(None))
-            .order_by(events.c.seq)
-            .limit(limit)
+            .select_from(picked.outerjoin(tasks, tasks.c.id == e.task_id))
+            .order_by(e.seq)
         )
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
@@ -92,7 +104,7 @@ class SqlOutbox:
         pending = (
             sa.select(events.c.at)
             .where(events.c.relayed_at.is_(None))
-            .order_by(events.c.seq)
+            .order_by(events.c.relayed_at, events.c.seq)
             .limit(LAG_COUNT_CAP)
             .subquery()
         )

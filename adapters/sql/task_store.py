@@ -155,18 +155,23 @@ class SqlTaskStore:
         among: Collection[uuid.UUID] | None = None,
     ) -> builtins.list[Task]:
         """Succeeded tasks with follow-ups, finished since ``since`` (the chainer's sweep),
-        or among the ids one commit finished (its listener)."""
-        query = sa.select(tasks).where(
-            (tasks.c.state == TaskState.succeeded.value) & tasks.c.then.is_not(None)
-        )
+        or among the ids one commit finished (its listener).
+
+        Among ids, the state is checked here rather than in the query: with both, the
+        planner may walk every succeeded task in an index led by ``state`` (26 ms with
+        20,000 of them) instead of looking the ids up by key."""
+        query = sa.select(tasks).where(tasks.c.then.is_not(None))
         if since is not None:
             query = query.where(tasks.c.finished_at >= since)
         if among is not None:
             query = query.where(tasks.c.id.in_(sorted(among)))
+        else:
+            query = query.where(tasks.c.state == TaskState.succeeded.value)
         query = query.order_by(tasks.c.finished_at).limit(limit)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [task_from_row(r) for r in rows]
+        found = [task_from_row(r) for r in rows]
+        return [t for t in found if t.state is TaskState.succeeded]
 
     async def delete(self, task_id: uuid.UUID) -> None:
         """Remove the task row; its events stay in the log (replay still sees them)."""
