@@ -67,7 +67,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.peer_env import run_peer  # noqa: E402
-from flowyard.adapters.sql.task_store import record_in  # noqa: E402
 from flowyard.core.events import TaskCreated  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
@@ -160,12 +159,11 @@ async def prepare_tasks(files: Path, count: int) -> list[TaskCreated]:
 
 
 async def commit_tasks(uri: str, created: list[TaskCreated]) -> float:
-    """Record the tasks as the server does, all visible at one commit; return its time."""
+    """Record the tasks as the server does for a batch create (``POST /api/tasks/batch``):
+    all in one transaction, visible at one commit; return its time."""
     async with open_store(uri, migrate=False) as store:
-        async with store.db.write() as tx:
-            for event in created:
-                await record_in(tx, event)
-        return time.monotonic()  # the commit happened when write() exited
+        await store.record_all(created)
+        return time.monotonic()  # the commit happened when record_all returned
 
 
 async def claim_latencies(

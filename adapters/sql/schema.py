@@ -93,6 +93,9 @@ tasks = sa.Table(
 )
 
 # The claim's order (0012): a claim stops after the rows it takes instead of sorting all.
+# On PostgreSQL this index and ix_tasks_lease hold only queued and running tasks (0015),
+# and migrations 0013-0014 add partial indexes for the NATS scheduler: migrations, not
+# this metadata, make the schema.
 sa.Index("ix_tasks_next", tasks.c.state, tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
 
 # A create's Idempotency-Key, unique per owner (0007): the task it made, and a digest of

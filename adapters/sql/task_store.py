@@ -250,6 +250,7 @@ async def insert_new(tx: Tx, created: Sequence[TaskCreated]) -> list[Task]:
     pg = await pg_direct.connection(tx)
     if pg is not None:
         await pg_direct.insert_tasks(pg, rows)
+        await pg_direct.refresh_statistics_after(pg, len(rows))
     else:
         await tx.conn.execute(_INSERT_TASK, rows)
     await append_events(tx, created)

@@ -190,6 +190,28 @@ async def test_a_dispatch_round_takes_its_few_tasks_without_sorting_the_backlog(
         assert "ix_tasks_scheduled" in scheduled, scheduled
 
 
+@pytest.mark.postgres
+async def test_a_large_batch_create_commits_statistics_that_count_its_tasks(pg_uri: str) -> None:
+    """The planner learns of a batch of 1,000 queued tasks at its commit, not at
+    autovacuum's next round; a small batch leaves the statistics to autovacuum."""
+    query = "EXPLAIN SELECT id FROM tasks WHERE state = 'queued'"
+    async with open_store(pg_uri) as store:
+        await store.record_all([created() for _ in range(10)])
+        async with store.db.engine.connect() as conn:
+            never = (await conn.exec_driver_sql(_RELTUPLES)).scalar()
+        await store.record_all([created() for _ in range(pg_direct.BULK_ROWS)])
+        async with store.db.engine.connect() as conn:
+            counted = (await conn.exec_driver_sql(_RELTUPLES)).scalar()
+            plan = str((await conn.exec_driver_sql(query)).scalar())
+    assert never == -1, never  # never analyzed
+    assert counted == pg_direct.BULK_ROWS + 10, counted
+    estimate = int(plan.split("rows=")[1].split()[0])
+    assert estimate >= pg_direct.BULK_ROWS, plan
+
+
+_RELTUPLES = "SELECT reltuples FROM pg_class WHERE oid = 'tasks'::regclass"
+
+
 async def finished_at(store: SqlTaskStore, when: datetime, state: str = "succeeded") -> uuid.UUID:
     task = await store.record(created(at=when))
     await store.record(
