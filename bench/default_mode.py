@@ -11,10 +11,12 @@ and measures, talking HTTP/JSON to it with httpx:
   created one at a time with ``POST /api/tasks``, each after the previous one
   finished: the POST's round trip, ``claimed_at - created_at`` and
   ``finished_at - created_at``;
-- HTTP create throughput with each number of ``--clients`` (one connection
-  and one request at a time each, all in this process): ``--creates`` POSTs,
-  creates per second and the POST's p50/p99 (the in-process workers run the
-  tasks meanwhile, as they would), then the time until all of them finished;
+- HTTP create throughput with each number of ``--clients`` (one keep-alive
+  connection and one request at a time each, all in this process, with the lean
+  client of ``bench/http_load.py``: httpx's own CPU per POST was as much as the
+  server's): ``--creates`` POSTs, creates per second and the POST's p50/p99 (the
+  in-process workers run the tasks meanwhile, as they would), then the time until
+  all of them finished;
 - drain throughput: ``--tasks`` tasks in one ``POST /api/tasks/batch`` (one
   transaction; ``max_batch_tasks`` raised to fit), timed from its response
   until none is queued or running, and also counting the batch's own time.
@@ -44,6 +46,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.http_load import KeepAliveClient  # noqa: E402
 from tests.support.processes import ManagedProcess, ProcessGroup  # noqa: E402
 
 NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
@@ -137,12 +140,13 @@ class Bench:
         latencies: list[float] = []
 
         async def one_client(n: int) -> None:
-            async with self.client() as client:
+            async with KeepAliveClient(self.url) as client:
                 for _ in range(n):
                     sent = time.monotonic()
-                    response = await client.post("/api/tasks", json=NOOP)
+                    status, body = await client.post_json("/api/tasks", NOOP)
                     latencies.append((time.monotonic() - sent) * 1000)
-                    response.raise_for_status()
+                    if status != 201:
+                        raise RuntimeError(f"POST /api/tasks answered {status}: {body[:200]!r}")
 
         server_before, client_before = cpu_seconds(self.server.pid), time.process_time()
         started = time.monotonic()
