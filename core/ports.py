@@ -296,8 +296,6 @@ class TaskFolders(Protocol):
 
 
 class InputStore(TaskFolders, Protocol):
-    async def ensure_task_dir(self, task_id: uuid.UUID) -> None: ...
-
     async def save_input(
         self,
         task_id: uuid.UUID,

@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     )
     files_dir: Path | None = Field(
         default=None,
-        description="the tasks folder, one folder per task; database workers mount the same "
-        "folder (default: data_dir/files)",
+        description="the tasks folder, one folder per task that has files; database workers "
+        "mount the same folder (default: data_dir/files)",
     )
     workers: int = Field(default=2, ge=0, description="in-process worker slots (default mode)")
     max_upload_bytes: int = Field(

@@ -107,9 +107,6 @@ class TaskService:
                 not_before=self.rules.not_before(request),
                 inputs=refs,
             )
-            if not refs:
-                # workers on the shared folder expect every task to have one
-                await self.files.ensure_task_dir(task_id)
             if request.idempotency_key is None:
                 return await self.store.record(event), True
             digest = request_digest(request, params, [u.filename for u in uploads])
@@ -149,14 +146,7 @@ class TaskService:
                     request, flow_cls, params, task_id=uuid.uuid4(), not_before=not_before
                 )
             )
-        try:
-            for event in created:
-                await self.files.ensure_task_dir(event.task_id)
-            return await self.store.record_all(created)
-        except BaseException:
-            for event in created:
-                await self.files.delete_task(event.task_id)
-            raise
+        return await self.store.record_all(created)
 
     async def get(self, task_id: uuid.UUID, caller: Principal) -> Task:
         task = await self.store.get(task_id)

@@ -7,8 +7,11 @@ Layout, the same for the server and for database workers that mount it:
     <root>/<task id>/attempts/<n>/scratch/          (removed after the attempt)
 
 Each attempt writes its own folder, so a worker that lost its lease can never
-overwrite the outputs of the attempt that replaced it. An attempt's folders are
-made when its flow first asks for them (``AttemptFiles.made``).
+overwrite the outputs of the attempt that replaced it. A task's folder is made by
+its first file (an upload, or an attempt's folders when its flow first asks for
+them, ``AttemptFiles.made``), so a task without inputs costs no folder at create.
+The server marks the root (``ROOT_MARK``): a worker whose ``--files`` is some other
+folder then finds neither the task's folder nor the mark, and says so.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from flowyard.core.files import guess_media_type, safe_file_name
 from flowyard.core.ports import AttemptFiles
 from flowyard.core.task import Task
 
+ROOT_MARK = ".flowyard-tasks"
+"""A file the server keeps at the root of its tasks folder (see the module's docstring)."""
+
 
 class LocalFileStore:
     """The server's side: streamed uploads, downloads, deletion."""
@@ -36,11 +42,15 @@ class LocalFileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def mark_root(self) -> None:
+        """Make the tasks folder and its mark (at start, before any task is served)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        mark = self.root / ROOT_MARK
+        if not mark.exists():
+            mark.write_text("the tasks folder of a flowyard server\n")
+
     def task_dir(self, task_id: uuid.UUID) -> Path:
         return self.root / str(task_id)
-
-    async def ensure_task_dir(self, task_id: uuid.UUID) -> None:
-        await aiofiles.os.makedirs(self.task_dir(task_id), exist_ok=True)
 
     async def save_input(
         self,
@@ -105,11 +115,27 @@ class LocalTaskFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._marked = False
+        """The server's mark was seen here once: it stays (checked again until then)."""
 
     async def open_attempt(self, task: Task) -> AttemptFiles:
         # A stat per file, here: a trip to a thread (waking it, handing the GIL over and
         # back) costs more than that. The attempt's folders come on the flow's first use.
-        return _open_attempt(self.root / str(task.id), task)
+        folder = self.root / str(task.id)
+        if not self._server_folder(folder):
+            raise FlowFailed(
+                f"{self.root} holds neither {ROOT_MARK} nor this task's folder: this "
+                "worker's files folder must be the server's tasks folder (mount it and pass "
+                "the same path with --files)"
+            )
+        return _open_attempt(folder, task)
+
+    def _server_folder(self, folder: Path) -> bool:
+        """The root is the server's: it bears the mark (or, from a server that made a
+        folder per task, this task's folder is there)."""
+        if not self._marked:
+            self._marked = (self.root / ROOT_MARK).is_file()
+        return self._marked or folder.is_dir()
 
     async def close_attempt(self, task: Task, files: AttemptFiles) -> tuple[FileRef, ...]:
         if not files.made:  # the flow wrote no file
@@ -122,11 +148,6 @@ class LocalTaskFiles:
 
 
 def _open_attempt(folder: Path, task: Task) -> AttemptFiles:
-    if not folder.is_dir():
-        raise FlowFailed(
-            f"task folder {folder} is missing on this worker: its files folder must be "
-            "the server's tasks folder (mount it and pass the same path with --files)"
-        )
     inputs: dict[str, Path] = {}
     for ref in task.inputs:
         path = folder / ref.path

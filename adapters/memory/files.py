@@ -27,9 +27,6 @@ class MemoryFiles:
         self._blobs: dict[uuid.UUID, dict[str, bytes]] = {}
         """Per task: its files by path (``inputs/a.png``, ``attempts/1/outputs/b.png``)."""
 
-    async def ensure_task_dir(self, task_id: uuid.UUID) -> None:
-        self._blobs.setdefault(task_id, {})
-
     async def save_input(
         self,
         task_id: uuid.UUID,
@@ -66,9 +63,7 @@ class MemoryFiles:
         raise OutputNotFound(f"task {task.id} has no output named {name!r}")
 
     async def open_attempt(self, task: Task) -> AttemptFiles:
-        blobs = self._blobs.get(task.id)
-        if blobs is None:
-            raise FlowFailed(f"task {task.id} has no files here")
+        blobs = self._blobs.get(task.id, {})
         missing = [ref.name for ref in task.inputs if ref.path not in blobs]
         if missing:
             raise FlowFailed(f"input {missing[0]!r} of task {task.id} is missing")

@@ -62,12 +62,12 @@ async def open_server(settings: Settings) -> Runtime:
 
 async def _wire_server(settings: Settings) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_uri)
     await upgrade(engine)
     db = Database(engine)
     store = SqlTaskStore(db)
     files = LocalFileStore(settings.tasks_dir)
+    files.mark_root()
     flows = installed_flows()
     for name, reason in flows.broken.items():
         log.warning("flow %s is not available: %s", name, reason)

@@ -82,9 +82,8 @@ async def store(tmp_path: Path) -> AsyncIterator[SqlTaskStore]:
 async def run_until_done(
     store: SqlTaskStore, root: Path, created: list[TaskCreated], limit: float = 20
 ) -> list[Task]:
-    files = LocalFileStore(root)
+    LocalFileStore(root).mark_root()
     for event in created:
-        await files.ensure_task_dir(event.task_id)
         await store.record(event)
     queue = SqlWorkQueue(store, PollWaker(0.05), lease_seconds=5)
     identity = WorkerIdentity(id="h/t", name="t", host="h", flows=tuple(FLOWS), concurrency=2)

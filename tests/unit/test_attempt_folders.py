@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 
-from flowyard.adapters.files.local import LocalTaskFiles
+from flowyard.adapters.files.local import LocalFileStore, LocalTaskFiles
 from flowyard.bus.nats.object_store import NatsTaskFiles
 from flowyard.core.errors import FlowFailed
 from flowyard.core.task import Task, TaskState
@@ -74,10 +74,32 @@ async def test_an_earlier_run_of_the_same_attempt_leaves_nothing_in_the_result(
     assert [r.name for r in await files.close_attempt(task, attempt)] == ["new.txt"]
 
 
-async def test_a_missing_task_folder_fails_before_the_flow_runs(tmp_path: Path) -> None:
+async def test_a_folder_that_is_not_the_servers_fails_before_the_flow_runs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
     files = LocalTaskFiles(tmp_path / "elsewhere")
-    with pytest.raises(FlowFailed, match="missing on this worker"):
+    with pytest.raises(FlowFailed, match="must be the server's tasks folder"):
         await files.open_attempt(_task(tmp_path))
+
+
+async def test_a_task_without_inputs_needs_no_folder_of_its_own_on_the_servers_root(
+    tmp_path: Path,
+) -> None:
+    """The server makes no folder for a task without inputs; its mark on the root is
+    what tells a worker that it mounted the right folder."""
+    root = tmp_path / "tasks"
+    files = LocalTaskFiles(root)
+    task = _task(tmp_path)
+    with pytest.raises(FlowFailed):
+        await files.open_attempt(task)
+    LocalFileStore(root).mark_root()
+    attempt = await files.open_attempt(task)
+    RunContext(attempt, "cpu").output("result.txt").write_text("done")
+    assert [r.path for r in await files.close_attempt(task, attempt)] == [
+        "attempts/1/outputs/result.txt"
+    ]
+    assert (root / str(task.id) / "attempts" / "1" / "outputs" / "result.txt").is_file()
 
 
 async def test_a_nats_workers_folder_is_made_private_and_only_when_used(tmp_path: Path) -> None:

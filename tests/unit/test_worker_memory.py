@@ -65,7 +65,6 @@ class Yard:
 
     async def create(self, flow: str, params: dict[str, Any] | None = None, **fields: Any) -> Task:
         task_id = uuid.uuid4()
-        await self.files.ensure_task_dir(task_id)
         event = TaskCreated(
             task_id=task_id, flow=flow, owner="alice", params=params or {}, **fields
         )
@@ -287,7 +286,6 @@ async def test_progress_is_sent_at_most_once_per_interval_and_never_after_the_re
         await store.record(
             TaskCreated(task_id=quick_id, flow="test.shout", owner="a", inputs=(ref,))
         )
-        await files.ensure_task_dir(slow_id)
         slow = {"seconds": 1.0, "steps": 50}  # a change every 20 ms
         await store.record(TaskCreated(task_id=slow_id, flow="debug.sleep", owner="a", params=slow))
         for task_id in (quick_id, slow_id):
