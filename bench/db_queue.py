@@ -67,6 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.peer_env import run_peer  # noqa: E402
+from flowyard.adapters.files.local import LocalFileStore  # noqa: E402
 from flowyard.core.events import TaskCreated  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
@@ -148,14 +149,12 @@ def wait_drained(uri: str, flow: str, timeout: float) -> float:
 
 
 async def prepare_tasks(files: Path, count: int) -> list[TaskCreated]:
-    """The events of ``count`` no-op tasks, and their folders on the tasks folder."""
-    created = [
+    """The events of ``count`` no-op tasks, and the tasks folder marked as a server marks it."""
+    LocalFileStore(files).mark_root()
+    return [
         TaskCreated(task_id=uuid.uuid4(), flow="debug.sleep", params={"seconds": 0.0, "steps": 1})
         for _ in range(count)
     ]
-    for event in created:
-        (files / str(event.task_id)).mkdir(parents=True)
-    return created
 
 
 async def commit_tasks(uri: str, created: list[TaskCreated]) -> float:
@@ -173,12 +172,12 @@ async def claim_latencies(
     finished; seconds from created_at to claimed_at and to finished_at."""
     to_claim: list[float] = []
     to_done: list[float] = []
+    LocalFileStore(files).mark_root()
     async with open_store(uri, migrate=False) as store:
         for _ in range(samples):
             event = TaskCreated(
                 task_id=uuid.uuid4(), flow="debug.sleep", params={"seconds": 0.0, "steps": 1}
             )
-            (files / str(event.task_id)).mkdir(parents=True)
             await store.record(event)
             for _ in range(1000):
                 task = await store.get(event.task_id)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flowyard.adapters.files.local import LocalFileStore
 from flowyard.adapters.sql.task_store import record_in
 from flowyard.core.events import TaskCreated
 from tests.support.postgres import PostgresCluster
@@ -73,8 +74,7 @@ async def commit(uri: str, files: Path, count: int) -> tuple[float, list[uuid.UU
         )
         for i in range(count)
     ]
-    for event in created:
-        (files / str(event.task_id)).mkdir(parents=True)
+    LocalFileStore(files).mark_root()
     async with open_store(uri) as store:
         async with store.db.write() as tx:
             for event in created:

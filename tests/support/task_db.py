@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from flowyard.adapters.files.local import LocalFileStore
 from flowyard.adapters.sql.database import Database
 from flowyard.adapters.sql.engine import make_engine, upgrade
 from flowyard.adapters.sql.rows import event_from_row
@@ -65,8 +66,7 @@ async def create_tasks(
         )
         for i in range(count)
     ]
-    for event in created:
-        (files_dir / str(event.task_id)).mkdir(parents=True, exist_ok=True)
+    LocalFileStore(files_dir).mark_root()  # as the server does: no folder per task
     for start in range(0, count, batch):
         async with store.db.write() as tx:
             for event in created[start : start + batch]:
