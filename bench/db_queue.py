@@ -9,8 +9,10 @@ one), each round drains ``--tasks`` no-op jobs three ways, one after the other
 so a change in machine load hits all three; the figures are medians of
 ``--repeat`` rounds:
 
-- flowyard: ``debug.sleep`` tasks (seconds=0) through ``--workers`` real
-  ``flowyard worker --db`` processes with ``--concurrency`` slots each;
+- flowyard: no-op tasks (seconds=0) through ``--workers`` real ``flowyard worker
+  --db`` processes with ``--concurrency`` slots each, twice: ``debug.async_sleep``
+  (an ``AsyncFlow``, awaited on the worker's event loop, as the peer's coroutine
+  job is) and ``debug.sleep`` (run in a thread, as a torch flow is);
 - PgQueuer, the peer a user would pick instead (``bench/peers/pgqueuer_peer.py``,
   run under ``bench/.venv-peers``, made from ``bench/requirements-peers.txt``
   on first use): ``--workers`` processes, each a ``QueueManager`` on one asyncpg
@@ -36,8 +38,10 @@ Each one waits 0.25 s after the previous one finished; the "trickle" row creates
 flowyard's again 20 ms after the previous one finished, as a steady stream of
 submissions does (a NOTIFY debounce window longer than that delays every claim).
 
-The last lines are ``ratio_to_bare X.XX`` and ``ratio_to_peer X.XX``: flowyard's
-throughput over the bare loop's and over PgQueuer's.
+The last lines are ``ratio_to_bare X.XX``, ``ratio_to_peer X.XX`` and
+``ratio_to_peer_thread X.XX``: flowyard's throughput (the ``AsyncFlow`` no-op,
+like the peer's job; the last one the thread flow's) over the bare loop's and
+over PgQueuer's.
 """
 
 from __future__ import annotations
@@ -148,11 +152,15 @@ def wait_drained(uri: str, flow: str, timeout: float) -> float:
 # ------------------------------------------------------------------- the project
 
 
-async def prepare_tasks(files: Path, count: int) -> list[TaskCreated]:
+ASYNC_NOOP, THREAD_NOOP = "debug.async_sleep", "debug.sleep"
+"""The no-op flows: awaited on the worker's event loop, and run in a thread."""
+
+
+async def prepare_tasks(files: Path, count: int, flow: str = ASYNC_NOOP) -> list[TaskCreated]:
     """The events of ``count`` no-op tasks, and the tasks folder marked as a server marks it."""
     LocalFileStore(files).mark_root()
     return [
-        TaskCreated(task_id=uuid.uuid4(), flow="debug.sleep", params={"seconds": 0.0, "steps": 1})
+        TaskCreated(task_id=uuid.uuid4(), flow=flow, params={"seconds": 0.0, "steps": 1})
         for _ in range(count)
     ]
 
@@ -176,7 +184,7 @@ async def claim_latencies(
     async with open_store(uri, migrate=False) as store:
         for _ in range(samples):
             event = TaskCreated(
-                task_id=uuid.uuid4(), flow="debug.sleep", params={"seconds": 0.0, "steps": 1}
+                task_id=uuid.uuid4(), flow=ASYNC_NOOP, params={"seconds": 0.0, "steps": 1}
             )
             await store.record(event)
             for _ in range(1000):
@@ -244,12 +252,12 @@ class Drain:
     database_ms: float  # CPU per task in the PostgreSQL backends (same host only)
 
 
-def drain_project(uri: str, files: Path, tasks: int, workers: list[int]) -> Drain:
-    created = asyncio.run(prepare_tasks(files, tasks))
+def drain_project(uri: str, files: Path, tasks: int, workers: list[int], flow: str) -> Drain:
+    created = asyncio.run(prepare_tasks(files, tasks, flow))
     backends = postgres_pids(uri)
     before = cpu_seconds(workers), database_cpu(backends)
     committed = asyncio.run(commit_tasks(uri, created))
-    finished = wait_drained(uri, "debug.sleep", 300)
+    finished = wait_drained(uri, flow, 300)
     after = cpu_seconds(workers), database_cpu(backends)
     return Drain(
         tasks / (finished - committed),
@@ -423,6 +431,7 @@ def percentile(values: list[float], pct: float) -> float:
 @dataclass
 class Results:
     project: list[Drain] = field(default_factory=list)
+    project_thread: list[Drain] = field(default_factory=list)
     peer: list[Drain] = field(default_factory=list)
     bare: list[Drain] = field(default_factory=list)
     latency: dict[str, list[float]] = field(default_factory=dict)  # milliseconds
@@ -450,7 +459,8 @@ def run(args: argparse.Namespace, uri: str) -> Results:
             out.latency["flowyard create-to-claim, trickle"] = [x * 1000 for x in claim]
             pids = [p.pid for p in group.processes]
             for round_ in range(args.repeat):  # alternating, so a change in load hits all
-                out.project.append(drain_project(uri, files, args.tasks, pids))
+                out.project.append(drain_project(uri, files, args.tasks, pids, ASYNC_NOOP))
+                out.project_thread.append(drain_project(uri, files, args.tasks, pids, THREAD_NOOP))
                 if not args.no_peer:
                     drain, result = drain_peer(args, uri, args.samples if round_ == 0 else 0)
                     out.peer.append(drain)
@@ -507,7 +517,8 @@ def main() -> None:
         results = run(args, uri)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
 
-    print(describe("flowyard worker:", results.project))
+    print(describe("flowyard, AsyncFlow:", results.project))
+    print(describe("flowyard, thread flow:", results.project_thread))
     if results.peer:
         print(describe("PgQueuer (peer):", results.peer))
     print(describe("bare SKIP LOCKED loop:", results.bare))
@@ -520,7 +531,9 @@ def main() -> None:
         )
     print(f"ratio_to_bare {median_rate(results.project) / median_rate(results.bare):.2f}")
     if results.peer:
-        print(f"ratio_to_peer {median_rate(results.project) / median_rate(results.peer):.2f}")
+        peer = median_rate(results.peer)
+        print(f"ratio_to_peer {median_rate(results.project) / peer:.2f}")
+        print(f"ratio_to_peer_thread {median_rate(results.project_thread) / peer:.2f}")
     else:
         print("ratio_to_peer n/a (--no-peer)")
 

@@ -7,7 +7,8 @@ It starts one ``flowyard serve`` in default mode on 127.0.0.1 with a fresh
 data folder (SQLite, ``--slots`` in-process workers: ``--workers`` of serve)
 and measures, talking HTTP/JSON to it with httpx:
 
-- idle latency: ``--samples`` no-op tasks (``debug.sleep`` seconds=0, one step)
+- idle latency: ``--samples`` no-op tasks (``debug.async_sleep`` seconds=0, one
+  step: an ``AsyncFlow``, awaited on the worker's event loop)
   created one at a time with ``POST /api/tasks``, each after the previous one
   finished: the POST's round trip, ``claimed_at - created_at`` and
   ``finished_at - created_at``;
@@ -19,7 +20,9 @@ and measures, talking HTTP/JSON to it with httpx:
   all of them finished;
 - drain throughput: ``--tasks`` tasks in one ``POST /api/tasks/batch`` (one
   transaction; ``max_batch_tasks`` raised to fit), timed from its response
-  until none is queued or running, and also counting the batch's own time.
+  until none is queued or running, and also counting the batch's own time;
+  once with that no-op and once with ``debug.sleep``, its twin run in a thread
+  as a torch flow is.
 
 CPU per task: the server process (API and workers are one process) and this
 client process. Throughputs are the median of ``--repeat`` runs, alternating.
@@ -49,7 +52,8 @@ sys.path.insert(0, str(ROOT))
 from bench.http_load import KeepAliveClient  # noqa: E402
 from tests.support.processes import ManagedProcess, ProcessGroup  # noqa: E402
 
-NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
+NOOP: dict[str, Any] = {"flow": "debug.async_sleep", "params": {"seconds": 0, "steps": 1}}
+THREAD_NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
 WARMUP = 20
 
 
@@ -167,12 +171,12 @@ class Bench:
             },
         )
 
-    async def drain(self) -> Phase:
+    async def drain(self, task: dict[str, Any]) -> Phase:
         count = self.args.tasks
         async with self.client() as client:
             server_before, client_before = cpu_seconds(self.server.pid), time.process_time()
             sent = time.monotonic()
-            response = await client.post("/api/tasks/batch", json={"task": NOOP, "count": count})
+            response = await client.post("/api/tasks/batch", json={"task": task, "count": count})
             committed = time.monotonic()
             response.raise_for_status()
             finished = await wait_drained(client, 600)
@@ -200,7 +204,8 @@ async def measure(
             phases.setdefault(f"create, {clients} client(s)", []).append(
                 await bench.creates(clients)
             )
-        phases.setdefault("drain", []).append(await bench.drain())
+        phases.setdefault("drain", []).append(await bench.drain(NOOP))
+        phases.setdefault("drain, thread flow", []).append(await bench.drain(THREAD_NOOP))
     return latency, phases
 
 

@@ -13,11 +13,14 @@ medians of ``--repeat`` rounds:
 
 - flowyard: one ``flowyard serve --mode server --nats`` process and ``--workers``
   ``flowyard worker --nats`` processes (``--concurrency`` slots each); N
-  ``debug.sleep`` tasks (seconds=0) are written to the database in one
+  no-op tasks (seconds=0) are written to the database in one
   transaction (task row + outbox event per task, as the API would) and the
   clock runs from that commit until the last one succeeded in the database;
   the server sends their work by priority dispatch, the default (``--prefetch
-  N`` sets ``nats_prefetch``: N more per worker slot sent ahead);
+  N`` sets ``nats_prefetch``: N more per worker slot sent ahead); drained twice,
+  as ``debug.async_sleep`` (an ``AsyncFlow``, awaited on the worker's event
+  loop, as taskiq's coroutine task is) and as ``debug.sleep`` (run in a thread,
+  as a torch flow is);
 - taskiq-nats, the peer a user would pick instead (``bench/peers/taskiq_peer.py``
   under ``bench/.venv-peers``, made from ``bench/requirements-peers.txt`` on
   first use): ``taskiq worker --workers W --max-async-tasks C`` on a
@@ -42,10 +45,12 @@ fetch and to the acknowledged ack. CPU per task: worker processes ("clients"),
 and the servers: flowyard's server process, its PostgreSQL backends and the
 nats-server (taskiq: its kicker too; bare: this process).
 
-The last lines are ``ratio_to_bare X.XX``, ``ratio_to_peer_objectstore X.XX``
-and ``ratio_to_peer X.XX``: flowyard's throughput over the bare loop's, over
-taskiq-nats's with results stored, and over taskiq-nats's without a result
-backend (the faster of the two, so the bar to clear).
+The last lines are ratios of flowyard's throughput (the ``AsyncFlow`` no-op,
+like taskiq's coroutine task, unless named ``_thread``): ``ratio_to_bare X.XX``
+over the bare loop's, ``ratio_to_peer_objectstore X.XX`` over taskiq-nats's with
+results stored, and ``ratio_to_peer_thread X.XX`` (the thread flow's) and
+``ratio_to_peer X.XX`` over taskiq-nats's without a result backend (the faster of
+the two, so the bar to clear).
 """
 
 from __future__ import annotations
@@ -88,7 +93,9 @@ from tests.support.task_db import open_store  # noqa: E402
 WARMUP = 40
 TRICKLE = 0.02
 """The trickle's pause: each task created 20 ms after the previous one finished."""
-NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
+ASYNC_NOOP, THREAD_NOOP = "debug.async_sleep", "debug.sleep"
+"""The no-op flows: awaited on the worker's event loop, and run in a thread."""
+NOOP: dict[str, Any] = {"flow": ASYNC_NOOP, "params": {"seconds": 0, "steps": 1}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -264,7 +271,7 @@ async def work_taken(db: str, ids: set[uuid.UUID]) -> list[tuple[float, float, f
 
 def worker_args(url: str, index: int, concurrency: int) -> list[str]:
     return [
-        "--nats", url, "--flows", "debug.sleep", "--name", f"bench-{index}",
+        "--nats", url, "--flows", f"{ASYNC_NOOP},{THREAD_NOOP}", "--name", f"bench-{index}",
         "--concurrency", str(concurrency),
     ]  # fmt: skip
 
@@ -300,7 +307,7 @@ class Project:
         for worker in self.workers:
             worker.wait_for_log(r"worker nats:\S+ on nats://", timeout=120)
         async with open_store(self.srv.db, migrate=False) as store:
-            await bulk_create(store, WARMUP)
+            await bulk_create(store, WARMUP, flow=ASYNC_NOOP)
         self.succeeded += WARMUP
         await wait_succeeded(self.srv.db, self.succeeded, 120)
 
@@ -317,7 +324,7 @@ class Project:
         async with open_store(self.srv.db, migrate=False) as store:
 
             async def in_database() -> uuid.UUID:
-                (task_id,) = await bulk_create(store, 1)
+                (task_id,) = await bulk_create(store, 1, flow=ASYNC_NOOP)
                 return task_id
 
             out |= await self._one_at_a_time(store, samples, in_database, "")
@@ -382,7 +389,7 @@ class Project:
             **{f"  of which {name}{label}": values for name, values in legs.items()},
         }
 
-    async def drain(self) -> Drain:
+    async def drain(self, flow: str) -> Drain:
         tasks_ = self.args.tasks
         assert self.server is not None
         backends = [] if self.srv.pg_pid else await postgres_pids(self.srv.db)
@@ -395,7 +402,7 @@ class Project:
         }
         before = {name: read() for name, read in groups.items()}
         async with open_store(self.srv.db, migrate=False) as store:
-            ids = await bulk_create(store, tasks_)
+            ids = await bulk_create(store, tasks_, flow=flow)
             started = time.monotonic()  # the commit happened when bulk_create returned
         self.succeeded += tasks_
         finished = await wait_succeeded(self.srv.db, self.succeeded, 600)
@@ -558,6 +565,7 @@ async def bare_latencies(args: argparse.Namespace, srv: Servers) -> tuple[list[f
 @dataclass
 class Results:
     project: list[Drain] = field(default_factory=list)
+    project_thread: list[Drain] = field(default_factory=list)
     peer: dict[str, list[Drain]] = field(default_factory=dict)  # per result backend
     bare: list[Drain] = field(default_factory=list)
     latency: dict[str, list[float]] = field(default_factory=dict)  # milliseconds
@@ -570,7 +578,8 @@ async def run(args: argparse.Namespace, srv: Servers, work: Path) -> Results:
         await project.start()
         out.latency.update(await project.latencies(args.samples))
         for round_ in range(args.repeat):  # alternating, so a change in load hits all
-            out.project.append(await project.drain())
+            out.project.append(await project.drain(ASYNC_NOOP))
+            out.project_thread.append(await project.drain(THREAD_NOOP))
             for variant in [] if args.no_peer else args.peer_results.split(","):
                 result = await asyncio.to_thread(
                     drain_peer, args, srv, variant, args.samples if round_ == 0 else 0
@@ -642,7 +651,9 @@ async def main() -> None:
             results = await run(args, srv, work)
             print(f"load average after: {os.getloadavg()[0]:.1f}")
 
-    print(describe("flowyard NATS workers:", results.project, "server+PostgreSQL+nats-server"))
+    ours = "server+PostgreSQL+nats-server"
+    print(describe("flowyard, AsyncFlow:", results.project, ours))
+    print(describe("flowyard, thread flow:", results.project_thread, ours))
     for variant, drains in results.peer.items():
         print(describe(f"taskiq-nats ({variant}):", drains, "nats-server"))
     print(describe("bare JetStream pull loop:", results.bare, "nats-server"))
@@ -661,6 +672,7 @@ async def main() -> None:
             )
     if results.peer:
         best = max(median_rate(drains) for drains in results.peer.values())
+        print(f"ratio_to_peer_thread {median_rate(results.project_thread) / best:.2f}")
         print(f"ratio_to_peer {median_rate(results.project) / best:.2f}")
     else:
         print("ratio_to_peer n/a (--no-peer)")

@@ -1,9 +1,10 @@
 """Where a database worker's CPU goes: one in-process worker drains no-op tasks under cProfile.
 
     .venv/bin/python bench/profile_db_worker.py [--tasks 600] [--concurrency 4] [--top 30]
-                                                [--no-profile]
+                                                [--no-profile] [--flow debug.async_sleep]
 
-Starts a throwaway PostgreSQL, commits ``--tasks`` ``debug.sleep`` tasks (seconds=0),
+Starts a throwaway PostgreSQL, commits ``--tasks`` no-op tasks (seconds=0) of ``--flow``
+(``debug.async_sleep``, awaited on the loop, or ``debug.sleep``, run in a thread),
 then runs the same ``Worker`` on ``SqlWorkQueue`` that ``flowyard worker --db`` runs,
 in this process, and prints the drain rate and the functions with the most
 cumulative and own time. A tool for finding the next lever, not a benchmark to
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.db_queue import commit_tasks, prepare_tasks  # noqa: E402
+from bench.db_queue import ASYNC_NOOP, THREAD_NOOP, commit_tasks, prepare_tasks  # noqa: E402
 from flowyard.adapters.files.local import LocalTaskFiles  # noqa: E402
 from flowyard.adapters.sql.database import Database  # noqa: E402
 from flowyard.adapters.sql.engine import make_engine, upgrade  # noqa: E402
@@ -42,17 +43,17 @@ from tests.support.postgres import PostgresCluster  # noqa: E402
 
 
 async def drain(
-    uri: str, files: Path, tasks: int, concurrency: int, profiled: bool
+    uri: str, files: Path, tasks: int, concurrency: int, profiled: bool, flow: str
 ) -> tuple[float, float, int, cProfile.Profile]:
     engine = make_engine(uri, pool_size=concurrency + 3, pre_ping=False)
     await upgrade(engine)
-    created = await prepare_tasks(files, tasks)
+    created = await prepare_tasks(files, tasks, flow)
     await commit_tasks(uri, created)
     db = Database(engine)
     settings = Settings(mode="server", database_uri=uri, files_dir=files, poll_interval=0.05)
     queue = SqlWorkQueue(SqlTaskStore(db), PollWaker(0.05), lease_seconds=30)
     registry = installed_flows()
-    identity = worker_identity("profiled", ("debug.sleep",), concurrency, None, "db")
+    identity = worker_identity("profiled", (flow,), concurrency, None, "db")
     worker = Worker(identity, queue, LocalTaskFiles(files), registry, worker_options(settings))
     profile = cProfile.Profile()
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true", help="rate and CPU per task only")
+    parser.add_argument("--flow", choices=(ASYNC_NOOP, THREAD_NOOP), default=ASYNC_NOOP)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flowyard-profile-") as tmp:
         cluster = PostgresCluster(Path(tmp) / "pg")
@@ -91,15 +93,20 @@ def main() -> None:
             files.mkdir()
             rate, cpu, writes, profile = asyncio.run(
                 drain(
-                    cluster.uri("bench"), files, args.tasks, args.concurrency, not args.no_profile
+                    cluster.uri("bench"),
+                    files,
+                    args.tasks,
+                    args.concurrency,
+                    not args.no_profile,
+                    args.flow,
                 )
             )
         finally:
             cluster.stop(timeout=10)
     how = "without profiler" if args.no_profile else "under cProfile"
     print(
-        f"drained {args.tasks} tasks at {rate:.0f} tasks/s, {cpu * 1000:.2f} ms CPU per task "
-        f"(one process, {how}); {writes} writes of results, "
+        f"drained {args.tasks} {args.flow} tasks at {rate:.0f} tasks/s, "
+        f"{cpu * 1000:.2f} ms CPU per task (one process, {how}); {writes} writes of results, "
         f"{args.tasks / max(writes, 1):.1f} results per write"
     )
     if args.no_profile:

@@ -1,13 +1,19 @@
-"""A flow that only waits: for tests, benchmarks and trying out cancellation and failures."""
+"""Flows that only wait: for tests, benchmarks and trying out cancellation and failures.
+
+``debug.sleep`` runs in a worker's thread, as a torch flow does; ``debug.async_sleep``
+is its ``AsyncFlow`` twin, awaited on the worker's event loop, as the no-op jobs of
+the queues a user compares flowyard with are (coroutines).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowyard.core.errors import FlowFailed
-from flowyard.core.flow import Flow, FlowContext, check_cancelled
+from flowyard.core.flow import AsyncFlow, Flow, FlowContext, check_cancelled
 
 SLICE_SECONDS = 0.05
 """Longest uninterrupted sleep, so a cancel is seen within ~50 ms even in one long step."""
@@ -40,8 +46,24 @@ def sleep_unless_cancelled(ctx: FlowContext, seconds: float) -> None:
         time.sleep(min(remaining, SLICE_SECONDS))
 
 
+async def asleep_unless_cancelled(ctx: FlowContext, seconds: float) -> None:
+    """``sleep_unless_cancelled``, awaited."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        check_cancelled(ctx)
+        await asyncio.sleep(min(remaining, SLICE_SECONDS))
+
+
 class TransientFailure(FlowFailed):
     """A failure that another attempt may not meet (the ``transient`` param)."""
+
+
+def end(params: SleepParams) -> None:
+    """Fail as the params ask, once the wait is over."""
+    if params.fail is not None:
+        raise FlowFailed(params.fail)
+    if params.transient is not None:
+        raise TransientFailure(params.transient)
 
 
 class Sleep(Flow):
@@ -60,7 +82,26 @@ class Sleep(Flow):
             if step_seconds > 0:
                 sleep_unless_cancelled(ctx, step_seconds)
             ctx.progress((i + 1) / params.steps, f"step {i + 1}/{params.steps}")
-        if params.fail is not None:
-            raise FlowFailed(params.fail)
-        if params.transient is not None:
-            raise TransientFailure(params.transient)
+        end(params)
+
+
+class AsyncSleep(AsyncFlow):
+    name = "debug.async_sleep"
+    version = "1"
+    description = (
+        "debug.sleep awaited on the worker's event loop (an AsyncFlow): wait in steps, "
+        "reporting progress; optionally fail. Touches no files."
+    )
+    Params = SleepParams
+    retry_on = (TransientFailure,)
+    retry_backoff = 0.2
+    retry_backoff_max = 2.0
+
+    async def run_async(self, ctx: FlowContext, params: SleepParams) -> None:
+        step_seconds = params.seconds / params.steps
+        for i in range(params.steps):
+            check_cancelled(ctx)
+            if step_seconds > 0:
+                await asleep_unless_cancelled(ctx, step_seconds)
+            ctx.progress((i + 1) / params.steps, f"step {i + 1}/{params.steps}")
+        end(params)

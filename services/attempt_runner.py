@@ -1,7 +1,8 @@
 """One attempt of a task (or of a batch of one flow's tasks), from open files to result.
 
 The worker hands a claimed batch to ``AttemptRunner.run``: it opens each task's
-files, validates its params, runs the flow in a thread with a ``RunContext``
+files, validates its params, runs the flow in a thread (an ``AsyncFlow`` on the
+event loop) with a ``RunContext``
 while a timeout guard runs beside it (``keep_leases`` renews the leases of all
 running flows together, every ``heartbeat_seconds``; ``keep_progress`` sends
 each flow's progress at most once per ``progress_interval``),
@@ -33,7 +34,7 @@ from flowyard.core.errors import (
     Unavailable,
 )
 from flowyard.core.events import FileRef, TaskDone, TaskProgress, utcnow
-from flowyard.core.flow import BatchItem, Flow, run_items
+from flowyard.core.flow import AsyncFlow, BatchItem, Flow, run_items, run_items_async
 from flowyard.core.ports import AttemptFiles, FlowSource, TaskFiles, WorkerIdentity, WorkQueue
 from flowyard.core.retry import after_failure
 from flowyard.core.task import Task, event_for
@@ -130,9 +131,7 @@ class AttemptRunner:
         self._ending.update(attempts)
         try:
             try:
-                outcomes = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, run_items, runs[0].flow(), items
-                )
+                outcomes = await self._run_flow(runs[0].flow(), items)
             finally:
                 for key in attempts:
                     self._flowing.pop(key, None)
@@ -149,6 +148,12 @@ class AttemptRunner:
             )
         finally:
             self._ending.difference_update(attempts)
+
+    async def _run_flow(self, flow: Flow, items: list[BatchItem]) -> list[BaseException | None]:
+        """In a thread of the pool; an ``AsyncFlow`` on this event loop."""
+        if isinstance(flow, AsyncFlow):
+            return await run_items_async(flow, items)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run_items, flow, items)
 
     def _still_ending(self) -> int:
         return len(self._ending)

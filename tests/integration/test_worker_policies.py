@@ -22,7 +22,7 @@ from flowyard.adapters.sql.wakeup import PollWaker
 from flowyard.adapters.sql.work_queue import SqlWorkQueue
 from flowyard.core.errors import DoNotRetry, FlowFailed, FlowNotFound
 from flowyard.core.events import TaskCreated
-from flowyard.core.flow import Flow, FlowContext, check_cancelled
+from flowyard.core.flow import AsyncFlow, Flow, FlowContext, check_cancelled
 from flowyard.core.ports import WorkerIdentity
 from flowyard.core.task import Task, rebuild
 from flowyard.services.worker import Worker, WorkerOptions
@@ -62,7 +62,27 @@ class Slow(Flow):
             time.sleep(0.02)
 
 
-FLOWS = {f.name: f for f in (Flaky, Fatal, Slow)}
+class AsyncWriter(AsyncFlow):
+    name = "t.async_writer"
+
+    async def run_async(self, ctx: FlowContext, params: Any) -> None:
+        await asyncio.sleep(0.01)
+        ctx.progress(0.5, "half")
+        ctx.output("out.txt").write_text("written on the event loop")
+
+
+class AsyncSlow(AsyncFlow):
+    name = "t.async_slow"
+    timeout_seconds = 0.3
+
+    async def run_async(self, ctx: FlowContext, params: Any) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            check_cancelled(ctx)
+            await asyncio.sleep(0.02)
+
+
+FLOWS = {f.name: f for f in (Flaky, Fatal, Slow, AsyncWriter, AsyncSlow)}
 
 
 class Registry:
@@ -138,3 +158,17 @@ async def test_policies_retry_refuse_and_time_out(store: SqlTaskStore, tmp_path:
         assert rebuilt.model_dump(exclude={"lease_expires_at"}) == task.model_dump(
             exclude={"lease_expires_at"}
         )
+
+
+async def test_an_async_flow_keeps_outputs_and_times_out_as_a_thread_flow_does(
+    store: SqlTaskStore, tmp_path: Path
+) -> None:
+    writer, slow = new("t.async_writer"), new("t.async_slow")
+    done = {t.id: t for t in await run_until_done(store, tmp_path / "files", [writer, slow])}
+    wrote = done[writer.task_id]
+    assert (wrote.state, wrote.attempt) == ("succeeded", 1), wrote.error
+    assert [ref.path for ref in wrote.outputs] == ["attempts/1/outputs/out.txt"]
+    out = tmp_path / "files" / str(writer.task_id) / "attempts" / "1" / "outputs" / "out.txt"
+    assert out.read_text() == "written on the event loop"
+    stopped = done[slow.task_id]
+    assert (stopped.state, stopped.error) == ("failed", "timed out after 0.3 s")

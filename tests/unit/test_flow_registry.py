@@ -9,11 +9,11 @@ import pytest
 
 from flowyard.core.errors import FlowNotFound
 from flowyard.core.flow import Flow, FlowContext
-from flowyard.flows.debug import Sleep
+from flowyard.flows.debug import AsyncSleep, Sleep
 from flowyard.flows.image import Blur, Edges, Resize
 from flowyard.flows.registry import ENTRY_POINT_GROUP, FlowRegistry, installed_flows, load_flows
 
-BUILT_IN = ("debug.sleep", "image.blur", "image.edges", "image.resize")
+BUILT_IN = ("debug.async_sleep", "debug.sleep", "image.blur", "image.edges", "image.resize")
 
 
 class ParamsNotAModel(Flow):
@@ -39,6 +39,7 @@ def test_built_in_flows_are_installed() -> None:
     assert registry.get("image.edges") is Edges
     assert registry.get("image.resize") is Resize
     assert registry.get("debug.sleep") is Sleep
+    assert registry.get("debug.async_sleep") is AsyncSleep
     assert not {name for name in registry.broken if name in BUILT_IN}
 
 
@@ -111,7 +112,7 @@ def test_get_unknown_lists_installed_flows() -> None:
         registry.get("image.sharpen")
     assert str(caught.value) == (
         "unknown flow 'image.sharpen'; installed flows: "
-        "debug.sleep, image.blur, image.edges, image.resize"
+        "debug.async_sleep, debug.sleep, image.blur, image.edges, image.resize"
     )
 
 
@@ -122,6 +123,7 @@ def test_get_unknown_in_an_empty_registry() -> None:
 
 def _built_ins() -> list[tuple[str, str]]:
     return [
+        ("debug.async_sleep", "flowyard.flows.debug:AsyncSleep"),
         ("debug.sleep", "flowyard.flows.debug:Sleep"),
         ("image.blur", "flowyard.flows.image:Blur"),
         ("image.edges", "flowyard.flows.image:Edges"),

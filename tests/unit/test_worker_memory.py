@@ -8,6 +8,7 @@ the task's row to finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -19,10 +20,10 @@ import pytest
 
 from flowyard.adapters.memory import MemoryFiles, MemoryTaskStore, MemoryWorkQueue
 from flowyard.core.events import TaskCancelRequested, TaskCreated, TaskDone, TaskRequeued
-from flowyard.core.flow import BatchItem, Flow, FlowContext, InputSpec, OutputSpec
+from flowyard.core.flow import AsyncFlow, BatchItem, Flow, FlowContext, InputSpec, OutputSpec
 from flowyard.core.ports import Refill, Reported, WorkerIdentity
 from flowyard.core.task import Task, TaskState, event_for
-from flowyard.flows.debug import Sleep
+from flowyard.flows.debug import AsyncSleep, Sleep
 from flowyard.flows.registry import FlowRegistry
 from flowyard.services.worker import Worker, WorkerOptions
 
@@ -52,6 +53,27 @@ class Batched(Flow):
 
     def run_batch(self, items: Sequence[BatchItem]) -> Sequence[BaseException | None]:
         Batched.seen.append(len(items))
+        return [None] * len(items)
+
+
+class AsyncBatched(AsyncFlow):
+    """Awaited on the event loop; records the thread it ran on and its batches."""
+
+    name = "test.async_batched"
+    batch_size = 3
+    batch_window = 0.2
+    threads: ClassVar[set[int]] = set()
+    seen: ClassVar[list[int]] = []
+
+    async def run_async(self, ctx: FlowContext, params: Any) -> None:
+        AsyncBatched.threads.add(threading.get_ident())
+        AsyncBatched.seen.append(1)
+        await asyncio.sleep(0)
+
+    async def run_batch_async(self, items: Sequence[BatchItem]) -> Sequence[BaseException | None]:
+        AsyncBatched.threads.add(threading.get_ident())
+        AsyncBatched.seen.append(len(items))
+        await asyncio.sleep(0)
         return [None] * len(items)
 
 
@@ -86,7 +108,7 @@ async def yard() -> AsyncIterator[Yard]:
     changed = asyncio.Event()
     store.on_commit(lambda _events: changed.set())
     files = MemoryFiles()
-    registry = FlowRegistry({f.name: f for f in (Sleep, Shout, Batched)})
+    registry = FlowRegistry({f.name: f for f in (Sleep, AsyncSleep, Shout, Batched, AsyncBatched)})
     identity = WorkerIdentity(
         id="worker-1", name="w1", host="test", flows=registry.names(), concurrency=4
     )
@@ -118,8 +140,13 @@ async def test_a_claimed_task_runs_and_its_outputs_are_kept(yard: Yard) -> None:
     assert kinds[-1] == "task.done"
 
 
-async def test_a_cancel_request_stops_the_flow(yard: Yard) -> None:
-    task = await yard.create("debug.sleep", {"seconds": 30, "steps": 300})
+SLEEPS = pytest.mark.parametrize("sleep", ["debug.sleep", "debug.async_sleep"])
+"""The same flow in a thread and as an ``AsyncFlow`` on the event loop."""
+
+
+@SLEEPS
+async def test_a_cancel_request_stops_the_flow(yard: Yard, sleep: str) -> None:
+    task = await yard.create(sleep, {"seconds": 30, "steps": 300})
     running = await yard.until(task.id, TaskState.running)
     await yard.store.record(event_for(running, TaskCancelRequested))
     done = await yard.finished(task.id)
@@ -127,12 +154,13 @@ async def test_a_cancel_request_stops_the_flow(yard: Yard) -> None:
     assert done.error == "cancelled on request"
 
 
+@SLEEPS
 async def test_a_lost_lease_stops_the_flow_and_drops_its_result(
-    yard: Yard, caplog: pytest.LogCaptureFixture
+    yard: Yard, caplog: pytest.LogCaptureFixture, sleep: str
 ) -> None:
     """The worker learns of it at its next heartbeat (one call for all its running flows;
     one step, so no progress report finds out first)."""
-    task = await yard.create("debug.sleep", {"seconds": 30, "steps": 1})
+    task = await yard.create(sleep, {"seconds": 30, "steps": 1})
     first = await yard.until(task.id, TaskState.running)
     await yard.store.record(event_for(first, TaskRequeued, reason="taken away"))
     while (again := await yard.store.get(task.id)).attempt < 2:
@@ -152,9 +180,10 @@ async def test_a_lost_lease_stops_the_flow_and_drops_its_result(
     assert [(e.attempt, e.status) for e in done] == [(2, "cancelled")]
 
 
-async def test_a_transient_failure_is_retried_by_the_flows_policy(yard: Yard) -> None:
+@SLEEPS
+async def test_a_transient_failure_is_retried_by_the_flows_policy(yard: Yard, sleep: str) -> None:
     task = await yard.create(
-        "debug.sleep", {"seconds": 0, "steps": 1, "transient": "flaky"}, max_attempts=2
+        sleep, {"seconds": 0, "steps": 1, "transient": "flaky"}, max_attempts=2
     )
     done = await yard.finished(task.id)
     assert done.state is TaskState.failed
@@ -174,14 +203,15 @@ async def test_a_task_whose_input_is_missing_fails_at_once(yard: Yard) -> None:
     assert done.error == "inputs: missing input 'text'"
 
 
-async def test_same_flow_tasks_run_as_one_batch(yard: Yard) -> None:
-    Batched.seen.clear()
+@pytest.mark.parametrize("flow", [Batched, AsyncBatched])
+async def test_same_flow_tasks_run_as_one_batch(yard: Yard, flow: type[Batched]) -> None:
+    flow.seen.clear()
     yard.worker.stop()  # claim all three together: queue them before a worker looks
     store, files = yard.store, yard.files
-    tasks = [await yard.create("test.batched") for _ in range(3)]
-    registry = FlowRegistry({Batched.name: Batched})
+    tasks = [await yard.create(flow.name) for _ in range(3)]
+    registry = FlowRegistry({flow.name: flow})
     identity = WorkerIdentity(
-        id="worker-2", name="w2", host="test", flows=("test.batched",), concurrency=3
+        id="worker-2", name="w2", host="test", flows=(flow.name,), concurrency=3
     )
     worker = Worker(identity, MemoryWorkQueue(store), files, registry, WorkerOptions())
     running = asyncio.create_task(worker.run())
@@ -191,7 +221,30 @@ async def test_same_flow_tasks_run_as_one_batch(yard: Yard) -> None:
     finally:
         worker.stop()
         await asyncio.wait_for(running, 10)
-    assert Batched.seen == [3]
+    assert flow.seen == [3]
+
+
+async def test_an_async_flow_runs_on_the_event_loop_and_a_stop_past_grace_cancels_it(
+    yard: Yard,
+) -> None:
+    AsyncBatched.threads.clear()
+    done = await yard.finished((await yard.create(AsyncBatched.name)).id)
+    assert done.state is TaskState.succeeded
+    assert AsyncBatched.threads == {threading.get_ident()}  # no thread of the pool
+
+    long = await yard.create("debug.async_sleep", {"seconds": 30, "steps": 1})
+    await yard.until(long.id, TaskState.running)
+    started = time.monotonic()
+    yard.worker.stop()  # grace 1 s: then the coroutine is cancelled and the task released
+    while (await yard.store.get(long.id)).state is TaskState.running:
+        assert time.monotonic() - started < 5
+        yard.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(yard.changed.wait(), 1)
+    released = await yard.store.get(long.id)
+    assert released.state is TaskState.queued
+    kinds = [e.type for e in await yard.store.events(long.id)]
+    assert kinds[-1] == "task.requeued"
 
 
 class Counted(Flow):
