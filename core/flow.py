@@ -157,7 +157,7 @@ class AsyncFlow(Flow):
     """A flow awaited on the worker's event loop instead of run in a thread.
 
     For work that waits rather than computes: a task then costs no thread and no
-    hand-over of the interpreter's lock and back (about 0.1 ms of CPU per task on a
+    hand-over of the interpreter's lock and back (0.15-0.2 ms of CPU per task on a
     small VM). ``run_async`` must never block: a computing step stalls every other
     task of the worker, and its heartbeats; such work belongs in ``Flow.run``.
     Cancellation and timeouts are cooperative, as for every flow (``ctx.cancelled()``
