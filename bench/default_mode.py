@@ -5,7 +5,7 @@
 
 It starts one ``flowyard serve`` in default mode on 127.0.0.1 with a fresh
 data folder (SQLite, ``--slots`` in-process workers: ``--workers`` of serve)
-and measures, talking HTTP/JSON to it with httpx:
+and measures, talking HTTP/JSON to it (httpx; the create phases a lean client):
 
 - idle latency: ``--samples`` no-op tasks (``debug.async_sleep`` seconds=0, one
   step: an ``AsyncFlow``, awaited on the worker's event loop)
@@ -49,11 +49,12 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.db_queue import ASYNC_NOOP, THREAD_NOOP  # noqa: E402
 from bench.http_load import KeepAliveClient  # noqa: E402
 from tests.support.processes import ManagedProcess, ProcessGroup  # noqa: E402
 
-NOOP: dict[str, Any] = {"flow": "debug.async_sleep", "params": {"seconds": 0, "steps": 1}}
-THREAD_NOOP: dict[str, Any] = {"flow": "debug.sleep", "params": {"seconds": 0, "steps": 1}}
+NOOP: dict[str, Any] = {"flow": ASYNC_NOOP, "params": {"seconds": 0, "steps": 1}}
+THREAD_TASK: dict[str, Any] = {"flow": THREAD_NOOP, "params": {"seconds": 0, "steps": 1}}
 WARMUP = 20
 
 
@@ -205,7 +206,7 @@ async def measure(
                 await bench.creates(clients)
             )
         phases.setdefault("drain", []).append(await bench.drain(NOOP))
-        phases.setdefault("drain, thread flow", []).append(await bench.drain(THREAD_NOOP))
+        phases.setdefault("drain, thread flow", []).append(await bench.drain(THREAD_TASK))
     return latency, phases
 
 

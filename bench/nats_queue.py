@@ -79,6 +79,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.db_queue import ASYNC_NOOP, THREAD_NOOP  # noqa: E402
 from bench.peer_env import run_peer  # noqa: E402
 from flowyard.adapters.sql.schema import events, tasks  # noqa: E402
 from flowyard.adapters.sql.task_store import SqlTaskStore  # noqa: E402
@@ -93,8 +94,6 @@ from tests.support.task_db import open_store  # noqa: E402
 WARMUP = 40
 TRICKLE = 0.02
 """The trickle's pause: each task created 20 ms after the previous one finished."""
-ASYNC_NOOP, THREAD_NOOP = "debug.async_sleep", "debug.sleep"
-"""The no-op flows: awaited on the worker's event loop, and run in a thread."""
 NOOP: dict[str, Any] = {"flow": ASYNC_NOOP, "params": {"seconds": 0, "steps": 1}}
 
 

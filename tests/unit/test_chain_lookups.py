@@ -44,12 +44,14 @@ def _succeed(store: MemoryTaskStore, then: tuple[dict[str, object], ...] = ()) -
     return done
 
 
+def _chainer(store: MemoryTaskStore) -> Chainer:
+    registry = FlowRegistry({Sleep.name: Sleep})
+    return Chainer(store, MemoryFiles(), registry, max_attempts=3, max_upload_bytes=1000)
+
+
 async def test_successes_of_many_commits_share_one_lookup_of_their_follow_ups() -> None:
     store = CountingStore()
-    chainer = Chainer(
-        store, MemoryFiles(), FlowRegistry({Sleep.name: Sleep}), max_attempts=3,
-        max_upload_bytes=1000,
-    )  # fmt: skip
+    chainer = _chainer(store)
     plain = [_succeed(store) for _ in range(30)]
     parent = _succeed(store, then=({"flow": Sleep.name},))
     for done in [*plain[:15], parent, *plain[15:]]:  # one commit each, as a busy worker's
@@ -68,10 +70,7 @@ async def test_successes_of_many_commits_share_one_lookup_of_their_follow_ups() 
 
 async def test_a_gathering_larger_than_one_read_is_looked_up_in_parts() -> None:
     store = CountingStore()
-    chainer = Chainer(
-        store, MemoryFiles(), FlowRegistry({Sleep.name: Sleep}), max_attempts=3,
-        max_upload_bytes=1000,
-    )  # fmt: skip
+    chainer = _chainer(store)
     parents = [_succeed(store, then=({"flow": Sleep.name},)) for _ in range(7)]
     original, chains.LOOKUP_IDS = chains.LOOKUP_IDS, 3
     try:
