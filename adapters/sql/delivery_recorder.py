@@ -60,10 +60,13 @@ class DeliveryRecorder:
 
     def knows_none(self) -> bool:
         """Whether the cached list is fresh and empty: nothing to make, no need to ask."""
-        return self._cached == () and time.monotonic() - self._loaded_at <= self._ttl
+        return self._cached == () and self._fresh()
+
+    def _fresh(self) -> bool:
+        return self._cached is not None and time.monotonic() - self._loaded_at <= self._ttl
 
     async def subscriptions(self, conn: AsyncConnection) -> tuple[Subscription, ...]:
-        if self._cached is None or time.monotonic() - self._loaded_at > self._ttl:
+        if self._cached is None or not self._fresh():
             rows = (await conn.execute(sa.select(webhooks).where(webhooks.c.enabled))).all()
             self._cached = tuple(subscription_from_row(r) for r in rows)
             self._loaded_at = time.monotonic()
@@ -74,7 +77,9 @@ class DeliveryRecorder:
 
     async def record(self, tx: Tx, batch: Sequence[Event]) -> int:
         """Write the delivery rows of ``batch``; return how many were wanted."""
-        subs = await self.subscriptions(tx.conn)
+        subs = self._cached
+        if subs is None or not self._fresh():  # a read: SQLAlchemy, out of any pipeline
+            subs = await self.subscriptions(await tx.plain())
         if not subs:
             return 0
         now = utcnow()
@@ -85,5 +90,5 @@ class DeliveryRecorder:
                 body = delivery_body(event, self._output_url)
                 rows.extend(delivery_values(sub.id, event, body, now) for sub in wanting)
         if rows:
-            await tx.conn.execute(self._insert, rows)
+            await (await tx.plain()).execute(self._insert, rows)
         return len(rows)

@@ -63,20 +63,34 @@ def is_held_result(event: object) -> TypeGuard[TaskDone]:
     return isinstance(event, TaskDone) and event.worker_id is not None
 
 
-async def write_held_results(tx: Tx, results: Sequence[TaskDone]) -> None:
+class Fence:
+    """Whether every result of a write found its row still held, known once the update's
+    result was read: in a pipelined write, the claim sent after it reads both."""
+
+    def __init__(self, expected: int, cursor: Any = None, matched: int | None = None) -> None:
+        self._expected = expected
+        self._cursor = cursor
+        self._matched = matched
+
+    async def check(self, tx: Tx) -> None:
+        """Raise ``NotAllHeld`` when some result did not match (``tx`` must roll back)."""
+        matched = self._matched
+        if matched is None:
+            matched = await pg_direct.matched(self._cursor, tx.pipeline)
+        if matched != self._expected:
+            raise NotAllHeld(f"{self._expected - matched} of {self._expected} results not held")
+
+
+async def write_held_results(tx: Tx, results: Sequence[TaskDone]) -> Fence:
     """Write the results into their rows (locked in the order given) in ``tx``; the caller
-    appends their events. Raise ``NotAllHeld`` when any row did not match its fence
-    (``tx`` must then roll back)."""
+    appends their events, and checks the fence before the write commits."""
     if not results:
-        return
+        return Fence(0, matched=0)
     rows = [_row(event) for event in results]
     pg = await pg_direct.connection(tx)
     if pg is not None:
-        matched = await pg_direct.finish_held(pg, rows)
-    else:
-        matched = (await tx.conn.execute(_FINISH_HELD, rows)).rowcount
-    if matched != len(results):
-        raise NotAllHeld(f"{len(results) - matched} of {len(results)} results not held")
+        return Fence(len(rows), cursor=await pg_direct.finish_held(pg, rows))
+    return Fence(len(rows), matched=(await tx.conn.execute(_FINISH_HELD, rows)).rowcount)
 
 
 def _row(event: TaskDone) -> dict[str, Any]:

@@ -23,19 +23,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from flowyard.adapters.sql.database import Tx
 from flowyard.adapters.sql.schema import tasks
+
+if TYPE_CHECKING:
+    from flowyard.adapters.sql.database import Tx
 
 # One statement for any number of a worker's results: arrays, one per column, joined to
 # their rows under the fence. The rows are locked in task-id order (the caller sorts
@@ -145,14 +149,70 @@ async def pipelined(pg: psycopg.AsyncConnection[Any] | None) -> AsyncIterator[No
             yield
 
 
-async def finish_held(pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> int:
-    """Run ``held_results``' fenced update for ``rows`` (its parameters) in one statement,
-    rows locked in the order given; return how many rows matched."""
+class OpenPipeline:
+    """The pipeline of a pipelined write while it is open (``Tx.pipeline``)."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack, pipeline: psycopg.AsyncPipeline) -> None:
+        self._stack = stack
+        self._pipeline = pipeline
+
+    async def sync(self) -> None:
+        """Send what is queued and read its results; the pipeline stays open."""
+        await self._pipeline.sync()
+
+    async def end(self) -> None:
+        """Send what is queued, read its results and leave pipeline mode."""
+        await self._stack.aclose()
+
+
+@contextlib.asynccontextmanager
+async def transaction(pg: psycopg.AsyncConnection[Any]) -> AsyncIterator[OpenPipeline]:
+    """BEGIN … COMMIT on an autocommit connection, the BEGIN queued in a pipeline.
+
+    The pipeline stays open for the statements inside until the caller ends it
+    (``Tx.plain``); the COMMIT is queued in it when it is still open, so a write that
+    reads nothing is one round trip. A failed statement is raised when its result
+    is read or at the end; the transaction is then rolled back.
+    """
+    stack = contextlib.AsyncExitStack()
+    with _as_sqlalchemy_errors(pg, "pipelined transaction"):
+        try:
+            pipeline = OpenPipeline(stack, await stack.enter_async_context(pg.pipeline()))
+            await pg.execute("BEGIN")
+            yield pipeline
+            await pg.execute("COMMIT")
+            await pipeline.end()
+        except BaseException:
+            await stack.__aexit__(*sys.exc_info())  # reads what is queued; keeps the error
+            if not pg.closed and pg.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):  # a broken one: the pool drops it
+                    await pg.rollback()
+            raise
+
+
+async def finish_held(
+    pg: psycopg.AsyncConnection[Any], rows: Sequence[dict[str, Any]]
+) -> psycopg.AsyncCursor[Any]:
+    """Send ``held_results``' fenced update for ``rows`` (its parameters) in one statement,
+    rows locked in the order given. Its cursor's ``rowcount`` (how many rows matched) is
+    known once its result was read: at once outside a pipeline, inside one after the
+    next read or sync (``matched``)."""
     params: dict[str, Any] = {name: [row[name] for row in rows] for name in _FINISH_COLUMNS}
     params["outputs"] = [_json(value) for value in params["outputs"]]
-    async with _cursor(pg, _FINISH_HELD) as cur:
+    cur = pg.cursor()  # left open: a closed cursor forgets the result that arrives later
+    with _as_sqlalchemy_errors(pg, _FINISH_HELD):
         await cur.execute(_FINISH_HELD, params)
-        return cur.rowcount
+    return cur
+
+
+async def matched(cur: psycopg.AsyncCursor[Any], pipeline: OpenPipeline | None) -> int:
+    """The rows ``cur``'s update matched, syncing ``pipeline`` first if its result is
+    still on the way."""
+    if cur.pgresult is None and pipeline is not None:
+        await pipeline.sync()
+    count = cur.rowcount
+    await cur.close()
+    return count
 
 
 async def claim(pg: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> list[dict[str, Any]]:

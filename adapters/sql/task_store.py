@@ -46,7 +46,7 @@ class SqlTaskStore:
         created = [event for event in batch if isinstance(event, TaskCreated)]
         if created and len(created) == len(batch):
             try:
-                async with self.db.write() as tx:
+                async with self.db.write(pipelined=True) as tx:
                     return await insert_new(tx, created)
             except IntegrityError:
                 pass

@@ -274,8 +274,9 @@ class PgNotifier:
 
     async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
         due = self.sort_out(batch, asyncio.get_running_loop().time())
-        if due:
-            await pg_direct.notify(await pg_direct.driver(tx.conn), due)
+        pg = await pg_direct.connection(tx)
+        if due and pg is not None:  # queued in a pipelined write's pipeline
+            await pg_direct.notify(pg, due)
         if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
             for keys in self._suppressed.values():
                 self._pending.update(keys)

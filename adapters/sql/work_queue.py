@@ -64,7 +64,7 @@ class SqlWorkQueue:
             return []
         self.waker.clear()
         now = utcnow()
-        async with self.db.write() as tx:
+        async with self.db.write(pipelined=True) as tx:
             claimed, events = await self._claim_in(tx, Refill(worker, limit), now)
             await append_events(tx, events)
         self.waker.found_work(bool(claimed))
@@ -162,16 +162,20 @@ class SqlWorkQueue:
         results are written under their fence without reading the rows
         (``held_results.py``), and their events go in one insert with those of the
         claim; if any fence fails, the batch is rolled back and recorded
-        event by event, which refuses exactly the stale ones."""
+        event by event, which refuses exactly the stale ones. On PostgreSQL the write
+        is pipelined: BEGIN, the update and the claim go out together, then the events'
+        insert and the COMMIT (``Database.write``)."""
         ordered = sorted(events, key=lambda e: e.task_id)
         held = [e for e in ordered if is_held_result(e)]
         try:
-            async with self.db.write() as tx:
-                await write_held_results(tx, held)
+            # a retry's requeue is folded by record_in, through SQLAlchemy: not pipelined
+            async with self.db.write(pipelined=len(held) == len(ordered)) as tx:
+                fence = await write_held_results(tx, held)
                 for event in ordered:
                     if not is_held_result(event):
-                        await record_in(tx, event)  # a retry's requeue: rare, one by one
+                        await record_in(tx, event)  # rare, one by one
                 claimed, claims = await self._claim_in(tx, refill, utcnow())
+                await fence.check(tx)
                 await append_events(tx, [*held, *claims])
             return Reported([None] * len(events), claimed)
         except (NotAllHeld, StaleAttempt, IllegalTransition, TaskFinished):
