@@ -274,9 +274,10 @@ class PgNotifier:
 
     async def __call__(self, tx: Tx, batch: Sequence[Event]) -> None:
         due = self.sort_out(batch, asyncio.get_running_loop().time())
-        pg = await pg_direct.connection(tx)
-        if due and pg is not None:  # queued in a pipelined write's pipeline
-            await pg_direct.notify(pg, due)
+        if due:  # queued in a pipelined write's pipeline
+            pg = await pg_direct.connection(tx)
+            if pg is not None:
+                await pg_direct.notify(pg, due)
         if len(self._suppressed) > _MAX_SUPPRESSED:  # rolled-back writes never commit: flush all
             for keys in self._suppressed.values():
                 self._pending.update(keys)
